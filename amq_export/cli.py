@@ -1,0 +1,148 @@
+"""The ``amq-export`` command line.
+
+Every user error (bad file, flag or data) ends in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from amq_export.errors import AMQError
+from amq_export.progress import console
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="darcy", help="'darcy' (generated, cached) or a .npz/.pt grid file (x, y)")
+    p.add_argument("--resolution", type=int, default=32, help="grid resolution for generated Darcy data")
+    p.add_argument("--n-train", type=int, default=1000, help="training samples (validation is split off)")
+    p.add_argument("--n-test", type=int, default=100, help="test samples")
+    p.add_argument("--mesh", choices=("grid", "irregular"), default="grid", help="full grid or irregular subset")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _dataset(args: argparse.Namespace, cluster_size: int | None):
+    from amq_export.data.datasets import load_mesh_dataset
+
+    return load_mesh_dataset(
+        args.data, resolution=args.resolution, n_train=args.n_train, n_test=args.n_test,
+        mesh=args.mesh, cluster_size=cluster_size, seed=args.seed,
+    )
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from amq_export.data.darcy import write_darcy_npz
+
+    path = write_darcy_npz(args.out, resolution=args.resolution, samples=args.samples, seed=args.seed)
+    console.print(f"wrote {args.samples} Darcy samples at {args.resolution}x{args.resolution} to {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from amq_export.models import build_model
+    from amq_export.models.presets import CLUSTER_SIZE, darcy_config
+    from amq_export.training import train_float
+
+    dataset = _dataset(args, CLUSTER_SIZE if args.arch == "graphvit" else None)
+    config = darcy_config(args.arch, hidden=args.hidden, layers=args.layers)
+    import torch
+
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch, config)
+    params = sum(p.numel() for p in model.parameters())
+    console.print(f"{args.arch}: {params:,} parameters; {len(dataset.train)} train / {len(dataset.val)} val / "
+                  f"{len(dataset.test)} test meshes of {dataset.train[0].num_nodes} nodes")
+    result = train_float(
+        model, dataset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        out=args.out, task={**dataset.meta, "cluster_size": dataset.meta.get("cluster_size")},
+    )
+    console.print(
+        f"best val rel-L2 {result.best_val_rel_l2:.4f} (epoch {result.best_epoch}); "
+        f"test rel-L2 {result.test_rel_l2:.4f}; {result.train_seconds:.0f}s; saved {args.out}"
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from amq_export.checkpoint import load_checkpoint
+    from amq_export.data.normalizer import Normalizer
+    from amq_export.training import evaluate_float
+
+    path = Path(args.model)
+    if path.suffix == ".onnx":
+        raise AMQError(f"{path}: evaluating ONNX artifacts is not available yet; pass a .pt checkpoint")
+    ckpt = load_checkpoint(path)
+    model = ckpt.build_model()
+    dataset = _dataset(args, ckpt.task.get("cluster_size"))
+    normalizer = Normalizer.from_dict(ckpt.normalizer) if ckpt.normalizer else dataset.normalizer
+    rel = evaluate_float(model, dataset.test, normalizer)
+    console.print(f"{ckpt.arch}: test rel-L2 {rel:.4f} on {len(dataset.test)} meshes")
+    print(json.dumps({"arch": ckpt.arch, "rel_l2": rel, "samples": len(dataset.test)}))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The embedded default job: generated Darcy data, float MP-PDE, evaluation."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ns = argparse.Namespace(
+        arch="mppde", data="darcy", resolution=32, n_train=args.n_train, n_test=args.n_test, mesh="grid",
+        seed=0, hidden=None, layers=None, epochs=args.epochs, lr=1e-3, batch_size=8, out=out / "mppde.pt",
+    )
+    cmd_train(ns)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amq-export",
+        description="Adaptive Mesh Quantization for neural PDE surrogates on meshes.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="generate a dataset file")
+    p.add_argument("kind", choices=("darcy",))
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .npz")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a float model")
+    p.add_argument("--arch", choices=("mppde", "graphvit"), required=True)
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="checkpoint to write (the best epoch by validation error)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=None, help="latent width (architecture default if omitted)")
+    p.add_argument("--layers", type=int, default=None, help="message-passing layers / GNN blocks")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
+    p.add_argument("model")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the embedded default job on generated Darcy data")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--n-train", type=int, default=500)
+    p.add_argument("--n-test", type=int, default=100)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AMQError as exc:
+        print(f"amq-export: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("amq-export: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Error metrics on batches of meshes."""
+
+from __future__ import annotations
+
+import torch
+
+
+def per_graph_relative_l2(
+    pred: torch.Tensor, target: torch.Tensor, batch: torch.Tensor | None, num_graphs: int = 1
+) -> torch.Tensor:
+    """``||pred_g - target_g|| / ||target_g||`` for every graph g of a batch (the FNO convention).
+
+    ``batch`` maps each node row to its graph (``None``: one graph). A graph whose target is
+    all zeros gets its absolute error norm instead of a division by zero.
+    """
+    if batch is None:
+        batch = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
+    diff = (pred - target).pow(2).reshape(pred.shape[0], -1).sum(1)
+    norm = target.pow(2).reshape(target.shape[0], -1).sum(1)
+    diff_g = torch.zeros(num_graphs, dtype=pred.dtype, device=pred.device).index_add_(0, batch, diff)
+    norm_g = torch.zeros(num_graphs, dtype=pred.dtype, device=pred.device).index_add_(0, batch, norm)
+    return diff_g.sqrt() / torch.where(norm_g > 0, norm_g, torch.ones_like(norm_g)).sqrt()

@@ -1,0 +1,1 @@
+"""Graph-rewrite passes: module level (domains, quantizer insertion) and ONNX level (lowering, clean-up)."""

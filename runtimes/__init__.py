@@ -1,0 +1,1 @@
+"""Execution backends for exported artifacts (ONNX Runtime, TensorRT, bucketed GEMM kernels)."""
