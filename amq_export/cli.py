@@ -55,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                   f"{len(dataset.test)} test meshes of {dataset.train[0].num_nodes} nodes")
     result = train_float(
         model, dataset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        time_budget_s=args.time_budget,
         out=args.out, task={**dataset.meta, "cluster_size": dataset.meta.get("cluster_size")},
     )
     console.print(
@@ -86,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ns = argparse.Namespace(
         arch="mppde", data="darcy", resolution=32, n_train=args.n_train, n_test=args.n_test, mesh="grid",
-        seed=0, hidden=None, layers=None, epochs=args.epochs, lr=1e-3, batch_size=8, out=out / "mppde.pt",
+        seed=0, hidden=None, layers=None, epochs=args.epochs, time_budget=None, lr=1e-3, batch_size=8, out=out / "mppde.pt",
     )
     cmd_train(ns)
 
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="stop (and finish the LR schedule) after this many seconds of training")
     p.add_argument("--hidden", type=int, default=None, help="latent width (architecture default if omitted)")
     p.add_argument("--layers", type=int, default=None, help="message-passing layers / GNN blocks")
     p.set_defaults(func=cmd_train)

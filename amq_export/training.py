@@ -71,6 +71,7 @@ def train_float(
     batch_size: int = 8,
     weight_decay: float = 1e-5,
     seed: int = 0,
+    time_budget_s: float | None = None,
     out: str | Path | None = None,
     task: dict[str, Any] | None = None,
     progress: bool = True,
@@ -78,21 +79,33 @@ def train_float(
     """Train ``model`` on ``dataset`` with a per-sample relative L2 loss, AdamW and a cosine schedule.
 
     The best model by validation relative L2 is kept (and saved to ``out`` when given); the
-    model ends holding those best weights, and its test error is reported.
+    model ends holding those best weights, and its test error is reported. With
+    ``time_budget_s`` the run stops after the epoch that uses up that wall-clock time, and the
+    learning-rate schedule follows whichever of epochs or time runs out first, so a budgeted run
+    still anneals fully on a slower machine.
     """
     if epochs < 1 or batch_size < 1 or not (lr > 0):
         raise AMQError(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1 and lr ({lr}) > 0")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise AMQError(f"time budget must be > 0 seconds, got {time_budget_s}")
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loader = mesh_loader(dataset.train, batch_size, shuffle=True, seed=seed)
     steps = epochs * len(loader)
+    start = time.perf_counter()
+
+    def progress_fraction(step: int) -> float:
+        done = step / steps
+        if time_budget_s is not None:
+            done = max(done, (time.perf_counter() - start) / time_budget_s)
+        return min(done, 1.0)
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * progress_fraction(s)))
     )
     best = (math.inf, 0)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history: list[dict[str, float]] = []
-    start = time.perf_counter()
     with progress_bar(progress) as bar:
         job = bar.add_task(f"train {getattr(model, 'arch', 'model')}", total=epochs, info="")
         for epoch in range(1, epochs + 1):
@@ -117,12 +130,13 @@ def train_float(
                 if out is not None:
                     save_checkpoint(out, model, normalizer=dataset.normalizer.to_dict(), task=task)
             bar.update(job, advance=1, info=f"train {row['train_rel_l2']:.4f} val {val:.4f}")
-            if not bar.disable:
-                continue
-            console.print(
-                f"epoch {epoch:3d}/{epochs}  train rel-L2 {row['train_rel_l2']:.4f}  val rel-L2 {val:.4f}"
-                f"  {row['seconds']:.1f}s{'  *best' if improved else ''}"
-            )
+            if bar.disable:
+                console.print(
+                    f"epoch {epoch:3d}/{epochs}  train rel-L2 {row['train_rel_l2']:.4f}  val rel-L2 {val:.4f}"
+                    f"  {row['seconds']:.1f}s{'  *best' if improved else ''}"
+                )
+            if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
+                break
     train_seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
     test = evaluate_float(model, dataset.test, dataset.normalizer, batch_size)

@@ -9,23 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import torch
+from _common import RESULTS as RESULTS_DIR
+from _common import commit, write_json
 
 from amq_export.amq.allocation import allocate, validate_bits
 
-RESULTS = Path(__file__).parent / "results" / "allocator_speed.json"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
+RESULTS = RESULTS_DIR / "allocator_speed.json"
 
 
 def time_allocate(nodes: int, options: int, repeats: int) -> float:
@@ -58,7 +50,7 @@ def main() -> None:
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     rows = [r for r in rows if (r["nodes"], r["options"], r["commit"]) != (args.nodes, args.options, row["commit"])]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps([*rows, row], indent=2) + "\n")
+    write_json(RESULTS, [*rows, row])
 
 
 if __name__ == "__main__":

@@ -136,7 +136,6 @@ def write_darcy_npz(
     if path.suffix != ".npz":
         raise AMQError(f"Darcy data is written as .npz, got {path}; pass a path ending in .npz")
     a, u = generate_darcy(samples, resolution, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(f: BinaryIO) -> None:
         np.savez(

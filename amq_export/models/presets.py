@@ -11,7 +11,7 @@ CLUSTER_SIZE = 32
 
 _DARCY = {
     "mppde": {"mode": "steady", "in_features": 1, "out_features": 1, "spatial_dim": 2, "hidden": 64, "layers": 6},
-    "graphvit": {"mode": "steady", "in_features": 1, "out_features": 1, "spatial_dim": 2, "hidden": 128,
+    "graphvit": {"mode": "steady", "in_features": 1, "out_features": 1, "spatial_dim": 2, "hidden": 64,
                  "w_size": 128, "n_attention": 2, "nb_gn": 2, "n_heads": 4},
 }
 # which config key the generic --hidden / --layers knobs set, per architecture
