@@ -95,7 +95,7 @@ def test_cache_generates_once(tmp_path, monkeypatch) -> None:
 
 
 def test_write_darcy_npz_is_a_loadable_grid_file(tmp_path) -> None:
-    path = write_darcy_npz(tmp_path / "sub" / "darcy.npz", resolution=8, samples=3, seed=4)
+    path = write_darcy_npz(tmp_path / "darcy.npz", resolution=8, samples=3, seed=4)
     x, y = load_grid_file(path)
     a, u = generate_darcy(3, 8, seed=4)
     np.testing.assert_array_equal(x, a)
