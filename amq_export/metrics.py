@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -20,3 +22,12 @@ def per_graph_relative_l2(
     diff_g = torch.zeros(num_graphs, dtype=pred.dtype, device=pred.device).index_add_(0, batch, diff)
     norm_g = torch.zeros(num_graphs, dtype=pred.dtype, device=pred.device).index_add_(0, batch, norm)
     return diff_g.sqrt() / torch.where(norm_g > 0, norm_g, torch.ones_like(norm_g)).sqrt()
+
+
+def batch_relative_l2(pred: torch.Tensor, batch: Any, normalizer: Any | None = None) -> torch.Tensor:
+    """Per-graph relative L2 of a prediction for a (batched) mesh, in physical units when a
+    ``Normalizer`` is given (normalised units otherwise)."""
+    target = batch.y
+    if normalizer is not None:
+        pred, target = normalizer.invert(pred, "y"), normalizer.invert(target, "y")
+    return per_graph_relative_l2(pred, target, getattr(batch, "batch", None), batch.num_graphs)

@@ -18,7 +18,7 @@ from amq_export.data import MeshData
 from amq_export.data.datasets import MeshDataset
 from amq_export.data.normalizer import Normalizer
 from amq_export.errors import AMQError
-from amq_export.metrics import per_graph_relative_l2
+from amq_export.metrics import batch_relative_l2
 from amq_export.progress import console, progress_bar
 
 
@@ -43,12 +43,6 @@ def mesh_loader(meshes: list[MeshData], batch_size: int, shuffle: bool = False, 
     return DataLoader(meshes, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
-def _relative_l2_physical(model: nn.Module, batch: MeshData, normalizer: Normalizer) -> torch.Tensor:
-    pred = normalizer.invert(model(batch), "y")
-    target = normalizer.invert(batch.y, "y")
-    return per_graph_relative_l2(pred, target, getattr(batch, "batch", None), batch.num_graphs)
-
-
 @torch.no_grad()
 def evaluate_float(model: nn.Module, meshes: Iterable[MeshData], normalizer: Normalizer, batch_size: int = 16) -> float:
     """Mean per-sample relative L2 error in physical units (the FNO convention)."""
@@ -57,7 +51,7 @@ def evaluate_float(model: nn.Module, meshes: Iterable[MeshData], normalizer: Nor
         raise AMQError("no meshes to evaluate on; pass a non-empty dataset split")
     was_training = model.training
     model.eval()
-    errors = [_relative_l2_physical(model, b, normalizer) for b in mesh_loader(meshes, batch_size)]
+    errors = [batch_relative_l2(model(b), b, normalizer) for b in mesh_loader(meshes, batch_size)]
     model.train(was_training)
     return torch.cat(errors).mean().item()
 
@@ -112,7 +106,7 @@ def train_float(
             model.train()
             t0, total, count = time.perf_counter(), 0.0, 0
             for batch in loader:
-                loss = _relative_l2_physical(model, batch, dataset.normalizer).mean()
+                loss = batch_relative_l2(model(batch), batch, dataset.normalizer).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
