@@ -1,0 +1,197 @@
+"""The auxiliary model of AMQ (DESIGN item 5): a small GNN that predicts log-sensitivities.
+
+It reads the main model's inputs (``x``, ``pos``, ``edge_index``, ``node_type``, optional ``batch``
+and ``cluster_index``) and predicts ``log s_i`` per node and, with a cluster head, per cluster. It is
+trained jointly with the quantized main model (DESIGN item 7) by :func:`regression_loss` against the
+detached sensitivities of the same backward pass; :func:`spearman` scores its ranking.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Data
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import scatter
+
+from amq_export.data.mesh_data import NUM_NODE_TYPES
+from amq_export.errors import AMQError
+
+
+def _head(hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+
+class AuxLayer(MessagePassing):
+    """Message ``SiLU(W [h_i, h_j, d_ij])``, mean aggregation, update ``h + SiLU(U [h, m] + G pool(h))``.
+
+    The message Linear is split by its column blocks: ``W [h_i, h_j, d_ij] = A h_i + B h_j + D d_ij``,
+    so the two ``hidden x hidden`` blocks run on the N node rows and only the few geometry columns
+    on the E edge rows (E/N is about 6 on triangle meshes). ``d_ij`` is ``pos_i - pos_j`` divided
+    by the graph's mean edge length. ``G`` maps the per-graph mean of ``h`` (one row per graph),
+    which carries global context at negligible cost.
+    """
+
+    def __init__(self, hidden: int, spatial_dim: int) -> None:
+        super().__init__(aggr="mean", node_dim=0)
+        self.target = nn.Linear(hidden, hidden)
+        self.source = nn.Linear(hidden, hidden, bias=False)
+        self.geometry = nn.Linear(spatial_dim, hidden, bias=False)
+        self.update_lin = nn.Linear(2 * hidden, hidden)
+        self.global_lin = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, h: Tensor, d: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        m = self.propagate(edge_index, a=self.target(h), b=self.source(h), g=self.geometry(d),
+                           size=(h.size(0), h.size(0)))
+        pool = scatter(h, batch, dim=0, dim_size=num_graphs, reduce="mean")
+        return h + F.silu(self.update_lin(torch.cat([h, m], dim=-1)) + self.global_lin(pool)[batch])
+
+    def message(self, a_i: Tensor, b_j: Tensor, g: Tensor) -> Tensor:
+        return F.silu(a_i + b_j + g)
+
+
+class AuxiliaryGNN(nn.Module):
+    """Predicts per-node (and per-cluster) log-sensitivities from the main model's inputs.
+
+    Encoder ``SiLU(Linear([x, pos, one_hot(node_type)]))`` -> ``layers`` x :class:`AuxLayer` ->
+    node head (Linear, SiLU, Linear -> 1). With ``cluster_head``, node embeddings are mean-pooled
+    per cluster of ``cluster_index`` and mapped by a second head to one score per cluster.
+    ``pos`` is read as is (the meshes of this project live in the unit box).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        spatial_dim: int = 2,
+        num_node_types: int = NUM_NODE_TYPES,
+        hidden: int = 32,
+        layers: int = 3,
+        cluster_head: bool = False,
+    ) -> None:
+        super().__init__()
+        if min(in_features, spatial_dim, hidden) < 1 or min(num_node_types, layers) < 0:
+            raise AMQError(
+                "AuxiliaryGNN needs in_features, spatial_dim, hidden >= 1 and num_node_types, layers >= 0"
+            )
+        self.config: dict[str, Any] = {
+            "in_features": in_features, "spatial_dim": spatial_dim, "num_node_types": num_node_types,
+            "hidden": hidden, "layers": layers, "cluster_head": bool(cluster_head),
+        }
+        self.num_node_types = num_node_types
+        self.encoder = nn.Linear(in_features + spatial_dim + num_node_types, hidden)
+        self.layers = nn.ModuleList(AuxLayer(hidden, spatial_dim) for _ in range(layers))
+        self.node_head = _head(hidden)
+        self.cluster_head = _head(hidden) if cluster_head else None
+
+    def forward(self, data: Data) -> tuple[Tensor, Tensor | None]:
+        """Log-sensitivity scores: per node [N], and per cluster [C] (None without a cluster head or clusters)."""
+        batch = getattr(data, "batch", None)
+        cluster_index = getattr(data, "cluster_index", None)
+        num_graphs = int(batch.max()) + 1 if batch is not None and batch.numel() else 1
+        num_clusters = int(cluster_index[1].max()) + 1 if cluster_index is not None and cluster_index.numel() else 0
+        return self.forward_tensors(
+            data.x, data.pos, data.edge_index, data.node_type if self.num_node_types else None,
+            batch, cluster_index, num_graphs, num_clusters,
+        )
+
+    def forward_tensors(
+        self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor | None = None,
+        batch: Tensor | None = None, cluster_index: Tensor | None = None, num_graphs: int = 1,
+        num_clusters: int = 0,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``forward`` on plain tensors, with the graph and cluster counts given (for ``torch.export``)."""
+        n = x.size(0)
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.long, device=x.device)
+        parts = [x, pos]
+        if self.num_node_types:
+            classes = torch.arange(self.num_node_types, device=x.device)
+            parts.append((node_type.unsqueeze(-1) == classes).to(x.dtype))
+        h = F.silu(self.encoder(torch.cat(parts, dim=-1)))
+
+        src, dst = edge_index
+        delta = pos.index_select(0, dst) - pos.index_select(0, src)
+        edge_graph = batch.index_select(0, dst)
+        length = scatter(delta.norm(dim=-1), edge_graph, dim=0, dim_size=num_graphs, reduce="mean")
+        d = delta / length.clamp_min(torch.finfo(pos.dtype).tiny).index_select(0, edge_graph).unsqueeze(-1)
+        for layer in self.layers:
+            h = layer(h, d, edge_index, batch, num_graphs)
+
+        node_scores = self.node_head(h).squeeze(-1)
+        if self.cluster_head is None or cluster_index is None:
+            return node_scores, None
+        members, clusters = cluster_index
+        pooled = scatter(h.index_select(0, members), clusters, dim=0, dim_size=num_clusters, reduce="mean")
+        return node_scores, self.cluster_head(pooled).squeeze(-1)
+
+    def macs(self, data: Data) -> int:
+        """Multiply-accumulates of one forward on ``data``: rows x in x out summed over the Linear layers.
+
+        Counted by running the model once (no grad) with hooks on every ``nn.Linear``, so the count
+        follows the rows each layer really sees (nodes, edges, graphs or clusters).
+        """
+        total = 0
+
+        def count(module: nn.Linear, inputs: tuple[Tensor, ...], _: Tensor) -> None:
+            nonlocal total
+            total += inputs[0].numel() // module.in_features * module.in_features * module.out_features
+
+        handles = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, nn.Linear)]
+        try:
+            with torch.no_grad():
+                self(data)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return total
+
+
+def regression_loss(pred_log: Tensor, target_sens: Tensor, eps: float = 1e-3) -> Tensor:
+    """MSE between predicted log-sensitivities and ``log(s + eps * mean(s))`` of the detached targets.
+
+    Sensitivities span orders of magnitude and may be exactly 0, so the floor is relative to the
+    mean of ``target_sens`` (over the tensor given: one mesh or one batch). With the default 1e-3
+    it resolves items far below the ``4^-4 = 1/256`` sensitivity ratio beyond which an allocation
+    over a window of about four bit options no longer tells them apart. Targets that are all zero
+    carry no ranking: the loss is then 0 (still attached to ``pred_log``).
+    """
+    if pred_log.shape != target_sens.shape:
+        raise AMQError(f"regression_loss: predictions {tuple(pred_log.shape)} and targets "
+                       f"{tuple(target_sens.shape)} differ in shape")
+    target = target_sens.detach().to(pred_log.dtype)
+    if target.numel() and bool(target.min() < 0):
+        raise AMQError("regression_loss: sensitivities must be >= 0")
+    scale = target.mean() if target.numel() else target.new_zeros(())
+    if not bool(scale > 0):
+        return pred_log.sum() * 0.0
+    return F.mse_loss(pred_log, torch.log(target + eps * scale))
+
+
+def _average_ranks(v: Tensor) -> Tensor:
+    """1-based ranks of ``v`` (float64), ties sharing the mean of their ranks."""
+    values, order = v.sort()
+    _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(torch.float64)
+    ranks = torch.empty(v.numel(), dtype=torch.float64, device=v.device)
+    ranks[order] = (ends - (counts - 1).to(torch.float64) / 2)[inverse]
+    return ranks
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two equally long finite vectors (ties by average rank).
+
+    NaN when either is constant or shorter than 2, as ``scipy.stats.spearmanr``.
+    """
+    a, b = a.detach().flatten(), b.detach().flatten()
+    if a.numel() != b.numel():
+        raise AMQError(f"spearman: inputs have {a.numel()} and {b.numel()} elements")
+    if a.numel() < 2:
+        return float("nan")
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float((ra.square().sum() * rb.square().sum()).sqrt())
+    return float((ra * rb).sum()) / denom if denom > 0 else float("nan")
