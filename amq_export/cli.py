@@ -10,8 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from amq_export.errors import AMQError
-from amq_export.progress import console
+from amq_export.progress import console, results_console
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -46,8 +48,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     dataset = _dataset(args, CLUSTER_SIZE if args.arch == "graphvit" else None)
     config = darcy_config(args.arch, hidden=args.hidden, layers=args.layers)
-    import torch
-
     torch.manual_seed(args.seed)
     model = build_model(args.arch, config)
     params = sum(p.numel() for p in model.parameters())
@@ -79,6 +79,57 @@ def cmd_eval(args: argparse.Namespace) -> None:
     rel = evaluate_float(model, dataset.test, normalizer)
     console.print(f"{ckpt.arch}: test rel-L2 {rel:.4f} on {len(dataset.test)} meshes")
     print(json.dumps({"arch": ckpt.arch, "rel_l2": rel, "samples": len(dataset.test)}))
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Layers, domains, shapes and MACs of a checkpoint, and the BOPs of uniform 4/8-bit and of the budget."""
+    from rich.table import Table
+
+    from amq_export.amq.allocation import edge_bits
+    from amq_export.amq.config import AMQConfig
+    from amq_export.api import quantize
+    from amq_export.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.model)
+    config = AMQConfig(budget=args.budget, bits=_bits(args.bits), weight_bits=args.weight_bits)
+    dataset = _dataset(args, ckpt.task.get("cluster_size"))
+    mesh = dataset.test[0]
+    qmodel = quantize(ckpt.build_model(), config)
+    rows = {"node": mesh.num_nodes, "edge": mesh.edge_index.shape[1], "cluster": mesh.num_clusters}
+    table = Table(title=f"{ckpt.arch}: layers on a mesh of {rows['node']} nodes, {rows['edge']} edges, "
+                        f"{rows['cluster']} clusters")
+    for col in ("layer", "kind", "domain", "in", "out", "rows", "MACs", "quantized"):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "domain") else "right")
+    for layer in qmodel.domain_table:
+        n = rows.get(layer.domain, 0)
+        table.add_row(layer.name, layer.kind, layer.domain, str(layer.in_features), str(layer.out_features),
+                      str(n), f"{layer.macs_per_row * n:,}", "yes" if layer.quantized else "float (16-bit)")
+    results_console.print(table)
+    summary = Table(title=f"cost per mesh (weights at {config.weight_bits} bits, float layers at 16x16)")
+    for col in ("setting", "b_eff", "GBOPs", "of which aux"):
+        summary.add_column(col, justify="right")
+    for label, budget, mode in (("uniform 8-bit", 8.0, "uniform"), ("uniform 4-bit", 4.0, "uniform"),
+                                (f"AMQ budget {config.budget:g}", config.budget, "aux")):
+        node_cost, cluster_cost = qmodel.item_costs(mesh)
+        node_bits = torch.full_like(node_cost, budget).round().long() if mode == "uniform" else None
+        if mode == "aux":
+            with torch.no_grad():
+                node_bits, cluster_bits = qmodel.allocate(mesh, budget, "aux", aux_scores=qmodel.aux(mesh))
+        else:
+            cluster_bits = None if cluster_cost is None else torch.full_like(cluster_cost, budget).round().long()
+        cost = qmodel.cost(mesh, node_bits, edge_bits(node_bits, mesh.edge_index, config.edge_rule), cluster_bits,
+                           with_aux=mode == "aux")
+        summary.add_row(label, f"{cost['b_eff']:.3f}", f"{cost['bops'] / 1e9:.3f}", f"{cost['aux_bops'] / 1e9:.4f}")
+    results_console.print(summary)
+
+
+def _bits(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise AMQError(f"--bits takes comma-separated integers in 2..8, e.g. --bits 3,4,5,6; got {text!r}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -124,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _add_data_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plan", help="layers, domains, MACs and the cost of uniform and AMQ quantization")
+    p.add_argument("model")
+    _add_data_args(p)
+    p.add_argument("--budget", type=float, default=4.0, help="target effective activation bits")
+    p.add_argument("--bits", default=None, help="activation bit options, e.g. 3,4,5,6 (default: around the budget)")
+    p.add_argument("--weight-bits", type=int, default=8)
+    p.set_defaults(func=cmd_plan, n_train=4, n_test=1)
 
     p = sub.add_parser("demo", help="the embedded default job on generated Darcy data")
     p.add_argument("--out", default="runs/demo")

@@ -17,6 +17,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False)
+#: results (tables, summaries) go to stdout, wide enough for layer names when piped to a file
+results_console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 @contextmanager

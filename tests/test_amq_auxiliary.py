@@ -111,8 +111,10 @@ def test_regression_loss() -> None:
     pred = torch.zeros(4, requires_grad=True)
     sens = torch.tensor([0.0, 1.0, 2.0, 5.0])
     loss = regression_loss(pred, sens, eps=0.1)
-    expected = torch.log(sens + 0.1 * sens.mean()).square().mean()
+    expected = torch.log(sens / sens.mean() + 0.1).square().mean()
     torch.testing.assert_close(loss, expected)
+    # scale-free: multiplying every sensitivity by a constant changes nothing
+    torch.testing.assert_close(regression_loss(pred, 1e-6 * sens, eps=0.1), loss)
     loss.backward()
     assert torch.isfinite(pred.grad).all()
 

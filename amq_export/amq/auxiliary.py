@@ -151,7 +151,11 @@ class AuxiliaryGNN(nn.Module):
 
 
 def regression_loss(pred_log: Tensor, target_sens: Tensor, eps: float = 1e-3) -> Tensor:
-    """MSE between predicted log-sensitivities and ``log(s + eps * mean(s))`` of the detached targets.
+    """MSE between predicted log-sensitivities and ``log(s / mean(s) + eps)`` of the detached targets.
+
+    Allocation depends only on sensitivity ratios, so the targets are taken relative to their mean
+    (over the tensor given): the model learns log relative sensitivity, whose scale does not drift
+    as the main model trains.
 
     Sensitivities span orders of magnitude and may be exactly 0, so the floor is relative to the
     mean of ``target_sens`` (over the tensor given: one mesh or one batch). With the default 1e-3
@@ -168,7 +172,7 @@ def regression_loss(pred_log: Tensor, target_sens: Tensor, eps: float = 1e-3) ->
     scale = target.mean() if target.numel() else target.new_zeros(())
     if not bool(scale > 0):
         return pred_log.sum() * 0.0
-    return F.mse_loss(pred_log, torch.log(target + eps * scale))
+    return F.mse_loss(pred_log, torch.log(target / scale + eps))
 
 
 def _average_ranks(v: Tensor) -> Tensor:

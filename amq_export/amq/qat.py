@@ -1,0 +1,247 @@
+"""Calibration, joint QAT of the main and auxiliary models, and evaluation of an ``AMQModel``.
+
+Joint QAT (DESIGN item 7): each step the auxiliary model scores the mesh, the allocator spends
+the budget (sampled per step when a range is given), the main model runs with fake quantization
+and takes the task loss; the per-row sensitivities gathered by that same backward pass become the
+auxiliary model's regression targets. One optimizer, two parameter groups.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from amq_export.amq.auxiliary import regression_loss, spearman
+from amq_export.amq.model import AMQModel
+from amq_export.errors import AMQError
+from amq_export.metrics import batch_relative_l2
+from amq_export.progress import console, progress_bar
+from amq_export.training import mesh_loader
+
+
+def item_sensitivities(qmodel: AMQModel, data: Any) -> tuple[Tensor, Tensor | None]:
+    """Sensitivity of every node item (its rows + the rows of the edges it owns) and cluster item.
+
+    Reads what the quantized layers accumulated in ``qmodel.state`` during the last backward.
+    """
+    sens = qmodel.state.sensitivity
+    n = data.num_nodes
+    nodes = sens.get("node", torch.zeros(n)).double().clone()
+    if "edge" in sens:
+        owner = {"target": 1, "source": 0, "max": 1}[qmodel.amq_config.edge_rule]
+        nodes.index_add_(0, data.edge_index[owner], sens["edge"].double())
+    clusters = sens["cluster"].double() if qmodel.has_cluster_items and "cluster" in sens else None
+    return nodes, clusters
+
+
+def _aux_targets(qmodel: AMQModel, data: Any, out: Any, float_pred: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """What the auxiliary model learns to predict: sensitivity (default) or an error-based ablation."""
+    target = qmodel.amq_config.aux_target
+    if target == "sensitivity":
+        return item_sensitivities(qmodel, data)
+    reference = data.y if target == "error" else float_pred
+    per_node = (out.pred.detach() - reference).pow(2).sum(-1).double()
+    clusters = None
+    if qmodel.has_cluster_items:
+        member, cid = data.cluster_index
+        clusters = torch.zeros(int(cid.max()) + 1, dtype=per_node.dtype).index_add_(0, cid, per_node[member])
+    return per_node, clusters
+
+
+def calibrate(qmodel: AMQModel, meshes: Sequence[Any], batches: int = 4, batch_size: int = 8) -> None:
+    """Initialise every activation quantizer's scale (and each layer's input range) from data."""
+    from amq_export.amq.quant_linear import calibration_mode
+
+    if not meshes:
+        raise AMQError("calibration needs at least one mesh")
+    qmodel.eval()
+    with torch.no_grad(), calibration_mode(qmodel.main):
+        for i, batch in enumerate(mesh_loader(list(meshes), batch_size)):
+            if i >= batches:
+                break
+            qmodel(batch, mode="uniform")
+
+
+def _true_scores(qmodel: AMQModel, batch: Any, budget: float, normalizer: Any | None) -> tuple[Tensor, Tensor | None]:
+    """The oracle's scores: sensitivities of this mesh from one backward pass at uniform bits."""
+    qmodel.state.reset_sensitivity()
+    qmodel.state.collect = True
+    try:
+        with torch.enable_grad():
+            out = qmodel(batch, budget=budget, mode="uniform")
+            batch_relative_l2(out.pred, batch, normalizer).sum().backward()
+    finally:
+        qmodel.state.collect = False
+        qmodel.zero_grad(set_to_none=True)
+    return item_sensitivities(qmodel, batch)
+
+
+def finetune(
+    qmodel: AMQModel,
+    train: Sequence[Any],
+    val: Sequence[Any],
+    *,
+    normalizer: Any | None = None,
+    epochs: int = 3,
+    lr: float = 2e-4,
+    aux_lr: float = 3e-3,
+    batch_size: int = 8,
+    budget: float | None = None,
+    budget_range: tuple[float, float] | None = None,
+    mode: str = "aux",
+    float_model: nn.Module | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Joint QAT; returns one dict per epoch (train loss, aux loss, val rel-L2, b_eff, seconds).
+
+    ``mode`` is the allocation the main model trains under: ``aux`` (joint training, the
+    default), or a baseline's (``uniform``, ``random``, ``oracle``, ``layerwise``), so that every
+    method is fine-tuned with the allocations it will see at inference.
+    """
+    cfg = qmodel.amq_config
+    budget = cfg.budget if budget is None else budget
+    if budget_range is not None:
+        lo, hi = budget_range
+        if not cfg.bits[0] <= lo <= hi <= cfg.bits[-1]:
+            raise AMQError(f"budget range {budget_range} must lie inside the bit options {list(cfg.bits)}")
+    if cfg.aux_target == "deviation" and float_model is None:
+        raise AMQError("aux_target='deviation' needs the float model: pass float_model=...")
+    if epochs < 1 or not train or not val:
+        raise AMQError("finetune needs epochs >= 1 and non-empty train and val meshes")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    main_params = [p for p in qmodel.main.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": main_params, "lr": lr, "weight_decay": 0.0},
+        {"params": list(qmodel.aux.parameters()), "lr": aux_lr, "weight_decay": 1e-5},
+    ])
+    loader = mesh_loader(list(train), batch_size, shuffle=True, seed=seed)
+    steps = epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    history = []
+    with progress_bar(progress) as bar:
+        job = bar.add_task(f"QAT ({mode})", total=steps, info="")
+        for epoch in range(1, epochs + 1):
+            qmodel.train()
+            t0 = time.perf_counter()
+            totals = {"loss": 0.0, "aux_loss": 0.0, "b_eff": 0.0}
+            for batch in loader:
+                step_budget = rng.uniform(*budget_range) if budget_range else budget
+                scores = _true_scores(qmodel, batch, step_budget, normalizer) if mode == "oracle" else None
+                qmodel.state.reset_sensitivity()
+                qmodel.state.collect = mode == "aux"
+                out = qmodel(batch, budget=step_budget, mode=mode, scores=scores)
+                loss = batch_relative_l2(out.pred, batch, normalizer).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                qmodel.state.collect = False
+                aux_loss = torch.zeros(())
+                if mode == "aux":
+                    float_pred = None
+                    if float_model is not None and cfg.aux_target == "deviation":
+                        with torch.no_grad():
+                            float_pred = float_model(batch)
+                    node_t, cluster_t = _aux_targets(qmodel, batch, out, float_pred)
+                    aux_loss = regression_loss(out.aux_node, node_t)
+                    if out.aux_cluster is not None and cluster_t is not None:
+                        aux_loss = aux_loss + regression_loss(out.aux_cluster, cluster_t)
+                    aux_loss.backward()
+                optimizer.step()
+                scheduler.step()
+                totals["loss"] += loss.item()
+                totals["aux_loss"] += aux_loss.item()
+                totals["b_eff"] += out.cost["b_eff"]
+                bar.update(job, advance=1, info=f"loss {loss.item():.4f}")
+            n = len(loader)
+            val_metrics = evaluate(qmodel, val, normalizer=normalizer, budget=budget, mode=mode, batch_size=batch_size)
+            row = {"epoch": epoch, "train_rel_l2": totals["loss"] / n, "aux_loss": totals["aux_loss"] / n,
+                   "train_b_eff": totals["b_eff"] / n, "val_rel_l2": val_metrics["rel_l2"],
+                   "val_b_eff": val_metrics["b_eff"], "seconds": time.perf_counter() - t0}
+            history.append(row)
+            if bar.disable and progress:
+                console.print(f"QAT {mode} epoch {epoch}/{epochs}  train {row['train_rel_l2']:.4f}  "
+                              f"val {row['val_rel_l2']:.4f}  b_eff {row['val_b_eff']:.3f}  {row['seconds']:.1f}s")
+    qmodel.eval()
+    return history
+
+
+def evaluate(
+    qmodel: AMQModel,
+    meshes: Sequence[Any],
+    *,
+    normalizer: Any | None = None,
+    budget: float | None = None,
+    mode: str = "aux",
+    batch_size: int = 8,
+    with_spearman: bool = False,
+) -> dict[str, float]:
+    """Mean per-sample relative L2, measured effective bits (max and mean over batches) and BOPs.
+
+    ``oracle`` uses each mesh's own sensitivities (it needs targets); ``with_spearman`` also
+    reports the rank correlation of the auxiliary scores with those true sensitivities.
+    """
+    if not meshes:
+        raise AMQError("no meshes to evaluate on")
+    budget = qmodel.amq_config.budget if budget is None else budget
+    was_training = qmodel.training
+    qmodel.eval()
+    errors, b_effs, total_bops, rhos = [], [], 0.0, []
+    for batch in mesh_loader(list(meshes), batch_size):
+        scores = None
+        if mode == "oracle" or with_spearman:
+            scores = _true_scores(qmodel, batch, budget, normalizer)
+        with torch.no_grad():
+            out = qmodel(batch, budget=budget, mode=mode, scores=scores)
+            errors.append(batch_relative_l2(out.pred, batch, normalizer))
+            if with_spearman:
+                aux_node, _ = qmodel.aux(batch)
+                rhos.append(spearman(aux_node, scores[0]))
+        b_effs.append(out.cost["b_eff"])
+        total_bops += out.cost["bops"]
+    qmodel.train(was_training)
+    result = {"rel_l2": torch.cat(errors).mean().item(), "b_eff": sum(b_effs) / len(b_effs),
+              "b_eff_max": max(b_effs), "bops_per_mesh": total_bops / len(meshes), "budget": budget, "mode": mode}
+    if with_spearman:
+        result["aux_spearman"] = sum(rhos) / len(rhos)
+    return result
+
+
+def assign_layerwise_bits(
+    qmodel: AMQModel, meshes: Sequence[Any], *, budget: float | None = None, normalizer: Any | None = None,
+    batches: int = 4, batch_size: int = 8,
+) -> dict[str, int]:
+    """The per-layer mixed-precision baseline (in the spirit of HAWQ / ModelOpt AutoQuantize).
+
+    Each quantized layer is one item: its score is its summed row sensitivity over a few batches
+    at uniform bits, its cost its MACs on those meshes; the same allocator spends the same budget.
+    The result is stored in ``qmodel.layer_bits`` and used by ``mode="layerwise"``.
+    """
+    from amq_export.amq.allocation import allocate_budget
+
+    budget = qmodel.amq_config.budget if budget is None else budget
+    totals: dict[str, float] = {}
+    rows = {"node": 0, "edge": 0, "cluster": 0}
+    for i, batch in enumerate(mesh_loader(list(meshes), batch_size)):
+        if i >= batches:
+            break
+        _true_scores(qmodel, batch, budget, normalizer)
+        for name, value in qmodel.state.layer_sensitivity.items():
+            totals[name] = totals.get(name, 0.0) + value
+        rows["node"] += batch.num_nodes
+        rows["edge"] += batch.edge_index.shape[1]
+        ci = getattr(batch, "cluster_index", None)
+        rows["cluster"] += 0 if ci is None else int(ci[1].max()) + 1
+    layers = qmodel.layers
+    scores = torch.tensor([totals.get(layer.name, 0.0) for layer in layers], dtype=torch.float64)
+    costs = torch.tensor([float(layer.macs_per_row * rows[layer.domain] * layer.weight_bits) for layer in layers],
+                         dtype=torch.float64)
+    bits = allocate_budget(scores, costs, qmodel.amq_config.bits, budget)
+    qmodel.layer_bits = {layer.name: int(b) for layer, b in zip(layers, bits)}
+    return qmodel.layer_bits

@@ -1,0 +1,132 @@
+"""Pareto benchmark: AMQ against uniform, random, oracle and per-layer quantization on Darcy.
+
+From one float model, every method gets the same data, QAT epochs and seeds. Budgets are
+effective activation bit-widths; `uniform` runs at each, `aux` / `random` / `oracle` with the
+default window of options around the budget and with all of 2..8 (`-all`), `layerwise` with
+the default window. At budget 4 the ablations run too: the auxiliary target (`aux-errtarget`:
+per-node error against ground truth, `aux-devtarget`: deviation from the float model) and
+per-bucket weight bit-widths (`aux-pbw`). Prints a table and writes
+benchmarks/results/pareto_darcy_<arch>.json: {"rows": [...], "aux_spearman": ..., ...}.
+
+    python benchmarks/pareto.py --arch mppde                       # full default run (hours on 2 cores)
+    python benchmarks/pareto.py --arch mppde --budgets 4 --seeds 2 --n-train 200 --epochs 2   # a slice
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import RESULTS, commit, print_table, write_json
+
+from amq_export import load_checkpoint, save_checkpoint
+from amq_export.amq.config import AMQConfig
+from amq_export.api import evaluate, finetune, quantize
+from amq_export.data.datasets import load_mesh_dataset
+from amq_export.data.normalizer import Normalizer
+from amq_export.models import build_model
+from amq_export.models.presets import CLUSTER_SIZE, darcy_config
+from amq_export.training import evaluate_float, train_float
+
+ALL_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def methods_for(budget: float, ablations: bool) -> list[tuple[str, str, dict]]:
+    """(method name, allocation mode, AMQConfig overrides) for one budget."""
+    rows = [("uniform", "uniform", {}), ("aux", "aux", {}), ("random", "random", {}), ("oracle", "oracle", {}),
+            ("layerwise", "layerwise", {}), ("aux-all", "aux", {"bits": ALL_BITS}),
+            ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS})]
+    if ablations:
+        rows += [("aux-errtarget", "aux", {"aux_target": "error"}),
+                 ("aux-devtarget", "aux", {"aux_target": "deviation"}),
+                 ("aux-pbw", "aux", {"per_bucket_weight_bits": True})]
+    return rows
+
+
+def float_model(args, dataset):
+    path = Path(args.float_checkpoint or f"runs/float/{args.arch}_darcy{args.resolution}.pt")
+    if path.exists():
+        ckpt = load_checkpoint(path)
+        return ckpt.build_model(), Normalizer.from_dict(ckpt.normalizer)
+    torch.manual_seed(0)
+    model = build_model(args.arch, darcy_config(args.arch))
+    print(f"no float checkpoint at {path}: training one for {args.float_time_budget:.0f}s")
+    train_float(model, dataset, epochs=200, time_budget_s=args.float_time_budget, progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, normalizer=dataset.normalizer.to_dict(), task=dataset.meta)
+    return model, dataset.normalizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="darcy", choices=("darcy",))
+    parser.add_argument("--arch", default="mppde", choices=("mppde", "graphvit"))
+    parser.add_argument("--budgets", default="3,4,5,6")
+    parser.add_argument("--methods", default="", help="comma list to run only some methods (default: all)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="QAT epochs per method and seed")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--n-train", type=int, default=1000)
+    parser.add_argument("--n-test", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--float-checkpoint", default=None)
+    parser.add_argument("--float-time-budget", type=float, default=540.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    out = args.out or RESULTS / f"pareto_{args.task}_{args.arch}.json"
+    dataset = load_mesh_dataset("darcy", resolution=args.resolution, n_train=args.n_train, n_test=args.n_test,
+                                cluster_size=CLUSTER_SIZE if args.arch == "graphvit" else None)
+    base, normalizer = float_model(args, dataset)
+    float_rel = evaluate_float(base, dataset.test, normalizer)
+    # the float epoch time on the same data, for the QAT cost ratio
+    probe = copy.deepcopy(base)
+    t0 = time.perf_counter()
+    train_float(probe, dataset, epochs=1, progress=False)
+    float_epoch_s = time.perf_counter() - t0
+    wanted = set(filter(None, args.methods.split(",")))
+    rows, spearmans, qat_epoch_s = [], [], []
+    for budget in [float(b) for b in args.budgets.split(",")]:
+        for name, mode, overrides in methods_for(budget, ablations=budget == 4.0):
+            if wanted and name not in wanted:
+                continue
+            runs = []
+            for seed in range(args.seeds):
+                torch.manual_seed(seed)
+                config = AMQConfig(budget=budget, **{"aux_hidden": 16, **overrides})
+                qmodel = quantize(copy.deepcopy(base), config, calibration=dataset.train[:32])
+                history = finetune(qmodel, dataset.train, dataset.val, normalizer=normalizer, epochs=args.epochs,
+                                   batch_size=args.batch_size, mode=mode, float_model=base, seed=seed,
+                                   progress=False)
+                qat_epoch_s += [h["seconds"] for h in history]
+                metrics = evaluate(qmodel, dataset.test, normalizer=normalizer, mode=mode,
+                                   with_spearman=mode == "aux" and name == "aux")
+                if "aux_spearman" in metrics:
+                    spearmans.append(metrics["aux_spearman"])
+                runs.append(metrics)
+                print(f"{name:14s} B={budget:g} seed {seed}: rel-L2 {metrics['rel_l2']:.4f} "
+                      f"b_eff {metrics['b_eff']:.3f} (max {metrics['b_eff_max']:.3f})", flush=True)
+            rels = [r["rel_l2"] for r in runs]
+            rows.append({
+                "method": name, "bits": list(config.bits), "weight_bits": config.weight_bits, "budget": budget,
+                "b_eff": round(max(r["b_eff_max"] for r in runs), 4),
+                "bops": round(statistics.mean(r["bops_per_mesh"] for r in runs)),
+                "rel_l2": round(statistics.mean(rels), 5),
+                "rel_l2_std": round(statistics.stdev(rels), 5) if len(rels) > 1 else 0.0,
+                "seeds": len(runs), "commit": commit(),
+            })
+    print_table(f"Pareto, Darcy {args.resolution}x{args.resolution}, {args.arch} (float rel-L2 {float_rel:.4f})",
+                rows, ["method", "budget", "b_eff", "rel_l2", "rel_l2_std", "seeds", "bops"])
+    payload = {"rows": rows, "aux_spearman": statistics.mean(spearmans) if spearmans else None,
+               "float_rel_l2": float_rel, "float_epoch_seconds": float_epoch_s,
+               "qat_epoch_seconds": statistics.mean(qat_epoch_s) if qat_epoch_s else None,
+               "epochs": args.epochs, "n_train": args.n_train, "n_test": args.n_test, "commit": commit()}
+    write_json(out, payload)
+    print(f"QAT epoch {payload['qat_epoch_seconds']}s vs float epoch {float_epoch_s:.1f}s; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
