@@ -41,7 +41,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     console.print(f"wrote {args.samples} Darcy samples at {args.resolution}x{args.resolution} to {path}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace):
     from amq_export.models import build_model
     from amq_export.models.presets import CLUSTER_SIZE, darcy_config
     from amq_export.training import train_float
@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"best val rel-L2 {result.best_val_rel_l2:.4f} (epoch {result.best_epoch}); "
         f"test rel-L2 {result.test_rel_l2:.4f}; {result.train_seconds:.0f}s; saved {args.out}"
     )
+    return model, dataset
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -133,14 +134,40 @@ def _bits(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The embedded default job: generated Darcy data, float MP-PDE, evaluation."""
+    """The embedded default job: generated Darcy data, a float MP-PDE, then AMQ vs uniform at equal cost."""
+    import copy
+
+    from rich.table import Table
+
+    from amq_export.amq.config import AMQConfig
+    from amq_export.api import evaluate, finetune, quantize, save_quantized
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ns = argparse.Namespace(
         arch="mppde", data="darcy", resolution=32, n_train=args.n_train, n_test=args.n_test, mesh="grid",
-        seed=0, hidden=None, layers=None, epochs=args.epochs, time_budget=None, lr=1e-3, batch_size=8, out=out / "mppde.pt",
+        seed=0, hidden=None, layers=None, epochs=args.epochs, time_budget=None, lr=1e-3, batch_size=8,
+        out=out / "mppde_float.pt",
     )
-    cmd_train(ns)
+    float_model, dataset = cmd_train(ns)
+    from amq_export.training import evaluate_float
+
+    rows = [("float", "-", evaluate_float(float_model, dataset.test, dataset.normalizer), None)]
+    for mode in ("uniform", "aux"):
+        console.print(f"AMQ: quantizing for budget {args.budget:g} bits, QAT with {mode} allocation")
+        torch.manual_seed(0)
+        qmodel = quantize(copy.deepcopy(float_model), AMQConfig(budget=args.budget), calibration=dataset.train[:32])
+        finetune(qmodel, dataset.train, dataset.val, normalizer=dataset.normalizer, epochs=args.qat_epochs, mode=mode)
+        metrics = evaluate(qmodel, dataset.test, normalizer=dataset.normalizer, mode=mode)
+        rows.append((mode, f"{args.budget:g}", metrics["rel_l2"], metrics["b_eff"]))
+        save_quantized(out / f"mppde_amq_{mode}.pt", qmodel, normalizer=dataset.normalizer.to_dict())
+    table = Table(title=f"Darcy 32x32, MP-PDE, {len(dataset.test)} test meshes")
+    for col in ("model", "budget", "test rel-L2", "measured b_eff"):
+        table.add_column(col, justify="right")
+    for name, budget, rel, b_eff in rows:
+        table.add_row(name, budget, f"{rel:.4f}", "-" if b_eff is None else f"{b_eff:.3f}")
+    results_console.print(table)
+    console.print(f"checkpoints in {out}/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the embedded default job on generated Darcy data")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--n-train", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=10, help="float training epochs")
+    p.add_argument("--qat-epochs", type=int, default=1)
+    p.add_argument("--budget", type=float, default=4.0)
+    p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-test", type=int, default=100)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -84,3 +84,14 @@ def test_cli_unwritable_output(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("AMQ_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["data", "darcy", "--resolution", "8", "--samples", "4",
                  "--out", str(tmp_path / "no" / "such" / "dir.npz")]) == 2
+
+
+@pytest.mark.slow
+def test_demo_runs_float_uniform_and_amq(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("AMQ_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--n-train", "12", "--n-test", "3", "--epochs", "1",
+                 "--qat-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "float" in out and "uniform" in out and "aux" in out
+    assert {p.name for p in (tmp_path / "demo").iterdir()} == {"mppde_float.pt", "mppde_amq_uniform.pt",
+                                                                 "mppde_amq_aux.pt"}
