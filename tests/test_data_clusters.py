@@ -1,7 +1,6 @@
 """Size-capped k-means clusters for GraphViT."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -64,10 +63,6 @@ def test_bad_arguments() -> None:
         size_capped_kmeans(_points(10), 0)
 
 
-def test_ten_thousand_nodes_quickly() -> None:
-    pos = _points(10_000)
-    start = time.perf_counter()
-    ci = size_capped_kmeans(pos, 20)
-    elapsed = time.perf_counter() - start
-    _check(ci, 10_000, 20, 500)
-    assert elapsed < 5.0, f"{elapsed:.2f} s for 10k nodes"
+def test_ten_thousand_nodes() -> None:
+    """Correct at scale; its speed is measured by benchmarks/cluster_speed.py, not asserted here."""
+    _check(size_capped_kmeans(_points(10_000), 20), 10_000, 20, 500)
