@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -72,6 +71,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--n-test", type=int, default=100)
+    parser.add_argument("--qat-samples", type=int, default=None,
+                        help="fine-tune on the first N training meshes only (the test split is unchanged)")
+    parser.add_argument("--aux-warmup", type=int, default=10, help="uniform-allocation steps while the aux model warms up")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--float-checkpoint", default=None)
     parser.add_argument("--float-time-budget", type=float, default=540.0)
@@ -82,11 +84,10 @@ def main() -> None:
                                 cluster_size=CLUSTER_SIZE if args.arch == "graphvit" else None)
     base, normalizer = float_model(args, dataset)
     float_rel = evaluate_float(base, dataset.test, normalizer)
-    # the float epoch time on the same data, for the QAT cost ratio
-    probe = copy.deepcopy(base)
-    t0 = time.perf_counter()
-    train_float(probe, dataset, epochs=1, progress=False)
-    float_epoch_s = time.perf_counter() - t0
+    # one float epoch on the same meshes, for the QAT cost ratio
+    probe, subset = copy.deepcopy(base), copy.copy(dataset)
+    subset.train = dataset.train[: args.qat_samples]
+    float_epoch_s = train_float(probe, subset, epochs=1, progress=False).epoch_seconds
     wanted = set(filter(None, args.methods.split(",")))
     rows, spearmans, qat_epoch_s = [], [], []
     for budget in [float(b) for b in args.budgets.split(",")]:
@@ -98,9 +99,9 @@ def main() -> None:
                 torch.manual_seed(seed)
                 config = AMQConfig(budget=budget, **{"aux_hidden": 16, **overrides})
                 qmodel = quantize(copy.deepcopy(base), config, calibration=dataset.train[:32])
-                history = finetune(qmodel, dataset.train, dataset.val, normalizer=normalizer, epochs=args.epochs,
+                history = finetune(qmodel, dataset.train[: args.qat_samples], dataset.val, normalizer=normalizer, epochs=args.epochs,
                                    batch_size=args.batch_size, mode=mode, float_model=base, seed=seed,
-                                   progress=False)
+                                   aux_warmup_steps=args.aux_warmup, progress=False)
                 qat_epoch_s += [h["seconds"] for h in history]
                 metrics = evaluate(qmodel, dataset.test, normalizer=normalizer, mode=mode,
                                    with_spearman=mode == "aux" and name == "aux")

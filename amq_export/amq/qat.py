@@ -96,6 +96,7 @@ def finetune(
     budget_range: tuple[float, float] | None = None,
     mode: str = "aux",
     float_model: nn.Module | None = None,
+    aux_warmup_steps: int = 0,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, float]]:
@@ -103,7 +104,9 @@ def finetune(
 
     ``mode`` is the allocation the main model trains under: ``aux`` (joint training, the
     default), or a baseline's (``uniform``, ``random``, ``oracle``, ``layerwise``), so that every
-    method is fine-tuned with the allocations it will see at inference.
+    method is fine-tuned with the allocations it will see at inference. In ``aux`` mode the first
+    ``aux_warmup_steps`` steps allocate uniformly while the auxiliary model already learns from the
+    sensitivities they gather, so that it does not drive allocation while still untrained.
     """
     cfg = qmodel.amq_config
     budget = cfg.budget if budget is None else budget
@@ -126,6 +129,7 @@ def finetune(
     steps = epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history = []
+    step = 0
     with progress_bar(progress) as bar:
         job = bar.add_task(f"QAT ({mode})", total=steps, info="")
         for epoch in range(1, epochs + 1):
@@ -135,9 +139,13 @@ def finetune(
             for batch in loader:
                 step_budget = rng.uniform(*budget_range) if budget_range else budget
                 scores = _true_scores(qmodel, batch, step_budget, normalizer) if mode == "oracle" else None
+                step_mode = "uniform" if mode == "aux" and step < aux_warmup_steps else mode
+                step += 1
                 qmodel.state.reset_sensitivity()
                 qmodel.state.collect = mode == "aux"
-                out = qmodel(batch, budget=step_budget, mode=mode, scores=scores)
+                out = qmodel(batch, budget=step_budget, mode=step_mode, scores=scores)
+                if mode == "aux" and out.aux_node is None:  # warm-up: the aux model learns, uniform allocates
+                    out.aux_node, out.aux_cluster = qmodel.aux(batch)
                 loss = batch_relative_l2(out.pred, batch, normalizer).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -200,9 +208,10 @@ def evaluate(
         with torch.no_grad():
             out = qmodel(batch, budget=budget, mode=mode, scores=scores)
             errors.append(batch_relative_l2(out.pred, batch, normalizer))
-            if with_spearman:
+            if with_spearman:  # per mesh: rank agreement of aux scores and true node sensitivities
                 aux_node, _ = qmodel.aux(batch)
-                rhos.append(spearman(aux_node, scores[0]))
+                graph = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(aux_node)
+                rhos += [spearman(aux_node[graph == g], scores[0][graph == g]) for g in range(batch.num_graphs)]
         b_effs.append(out.cost["b_eff"])
         total_bops += out.cost["bops"]
     qmodel.train(was_training)
