@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--float-checkpoint", default=None)
     parser.add_argument("--float-time-budget", type=float, default=540.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--append", action="store_true",
+                        help="merge into an existing JSON (rows of the same method and budget are replaced)")
     args = parser.parse_args()
     out = args.out or RESULTS / f"pareto_{args.task}_{args.arch}.json"
     dataset = load_mesh_dataset("darcy", resolution=args.resolution, n_train=args.n_train, n_test=args.n_test,
@@ -121,6 +124,12 @@ def main() -> None:
             })
     print_table(f"Pareto, Darcy {args.resolution}x{args.resolution}, {args.arch} (float rel-L2 {float_rel:.4f})",
                 rows, ["method", "budget", "b_eff", "rel_l2", "rel_l2_std", "seeds", "bops"])
+    if args.append and out.exists():
+        old = json.loads(out.read_text())
+        fresh = {(r["method"], r["budget"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["method"], r["budget"]) not in fresh] + rows
+        if not spearmans and old.get("aux_spearman") is not None:
+            spearmans = [old["aux_spearman"]]
     payload = {"rows": rows, "aux_spearman": statistics.mean(spearmans) if spearmans else None,
                "float_rel_l2": float_rel, "float_epoch_seconds": float_epoch_s,
                "qat_epoch_seconds": statistics.mean(qat_epoch_s) if qat_epoch_s else None,
