@@ -25,7 +25,7 @@ from _common import RESULTS, commit, print_table, write_json
 
 from amq_export import load_checkpoint, save_checkpoint
 from amq_export.amq.config import AMQConfig
-from amq_export.api import evaluate, finetune, quantize
+from amq_export.api import assign_layerwise_bits, evaluate, finetune, quantize
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.normalizer import Normalizer
 from amq_export.models import build_model
@@ -102,6 +102,8 @@ def main() -> None:
                 torch.manual_seed(seed)
                 config = AMQConfig(budget=budget, **{"aux_hidden": 16, **overrides})
                 qmodel = quantize(copy.deepcopy(base), config, calibration=dataset.train[:32])
+                if mode == "layerwise":
+                    assign_layerwise_bits(qmodel, dataset.train, normalizer=normalizer)
                 history = finetune(qmodel, dataset.train[: args.qat_samples], dataset.val, normalizer=normalizer, epochs=args.epochs,
                                    batch_size=args.batch_size, mode=mode, float_model=base, seed=seed,
                                    aux_warmup_steps=args.aux_warmup, progress=False)
