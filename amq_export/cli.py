@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # Brevitas announces an optional CUDA package at import; it says nothing about the user's job
+    warnings.filterwarnings("ignore", message="fast_hadamard_transform")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
