@@ -12,7 +12,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,7 +63,7 @@ def read_weights_only(path: str | os.PathLike[str], what: str = "file") -> Any:
                 "only weights-only files (tensors, dicts, lists, numbers, strings) are accepted"
             ) from None
         raise AMQError(f"cannot read {what} {path}: the file is corrupt ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 (random bytes reach the unpickler and fail in many ways: IndexError, KeyError, ...)
         raise AMQError(
             f"cannot read {what} {path}: the file is truncated or corrupt ({_first_line(exc)}); re-create it"
         ) from None

@@ -7,10 +7,9 @@ from typing import Any
 
 from amq_export.amq.allocation import validate_bits
 from amq_export.amq.bit_state import DOMAINS, BitState
-from amq_export.amq.config import AMQConfig
+from amq_export.amq.config import AMQConfig, check_domain_overrides, check_weight_bits
 from amq_export.amq.cost import FloatLayer, LayerCost
 from amq_export.amq.quant_linear import DEFAULT_ACT_QUANT
-from amq_export.errors import AMQError
 
 # A layer's domain: one of DOMAINS, or OTHER when its rows are none of them (it then stays float).
 OTHER = "other"
@@ -63,12 +62,8 @@ class PassContext:
 
     def __post_init__(self) -> None:
         self.bits = validate_bits(self.bits)
-        if isinstance(self.weight_bits, bool) or not isinstance(self.weight_bits, int) \
-                or not 2 <= self.weight_bits <= 8:
-            raise AMQError(f"weight_bits must be an integer in 2..8, got {self.weight_bits!r}")
-        bad = {p: d for p, d in self.domain_overrides.items() if d not in (*DOMAINS, OTHER)}
-        if bad:
-            raise AMQError(f"domain overrides {bad} name unknown domains; use one of {[*DOMAINS, OTHER]}")
+        check_weight_bits(self.weight_bits)
+        check_domain_overrides(self.domain_overrides)
 
     @classmethod
     def from_config(cls, config: AMQConfig) -> PassContext:

@@ -10,6 +10,22 @@ from amq_export.amq.allocation import EDGE_RULES, default_bits, validate_bits
 from amq_export.errors import AMQError
 
 AUX_TARGETS = ("sensitivity", "error", "deviation")
+LAYER_DOMAINS = ("node", "edge", "cluster", "other")
+
+
+def check_weight_bits(weight_bits: object) -> int:
+    """One per-channel weight bit-width for the model: an integer in 2..8."""
+    if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 2 <= weight_bits <= 8:
+        raise AMQError(f"weight_bits must be an integer in 2..8, got {weight_bits!r}")
+    return weight_bits
+
+
+def check_domain_overrides(overrides: dict[str, str]) -> dict[str, str]:
+    """Module-name glob -> node|edge|cluster|other."""
+    bad = {p: d for p, d in overrides.items() if d not in LAYER_DOMAINS}
+    if bad:
+        raise AMQError(f"domain overrides {bad} name unknown domains; use one of {list(LAYER_DOMAINS)}")
+    return overrides
 
 
 @dataclass(frozen=True)
@@ -45,15 +61,12 @@ class AMQConfig:
                 f"budget {self.budget:g} lies outside the bit options {list(bits)}; choose a budget in "
                 f"[{bits[0]}, {bits[-1]}] or options around it, e.g. --bits {','.join(map(str, default_bits(min(max(self.budget, 2), 8))))}"
             )
-        if not (isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 8):
-            raise AMQError(f"weight_bits must be an integer in 2..8, got {self.weight_bits!r}")
+        check_weight_bits(self.weight_bits)
         if self.edge_rule not in EDGE_RULES:
             raise AMQError(f"edge_rule must be one of {EDGE_RULES}, got {self.edge_rule!r}")
         if self.aux_target not in AUX_TARGETS:
             raise AMQError(f"aux_target must be one of {AUX_TARGETS}, got {self.aux_target!r}")
-        bad = {k: v for k, v in self.domain_overrides.items() if v not in ("node", "edge", "cluster", "other")}
-        if bad:
-            raise AMQError(f"domain overrides must map to node|edge|cluster|other, got {bad}")
+        check_domain_overrides(self.domain_overrides)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
