@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from amq_export.amq.allocation import (
     allocate,
     allocate_budget,
+    allocate_levels_traceable,
     default_bits,
     edge_bits,
     node_item_costs,
@@ -25,19 +26,9 @@ T = torch.tensor
 
 
 def reference(scores: torch.Tensor, costs: torch.Tensor, bits: tuple[int, ...], capacity: float) -> torch.Tensor:
-    """DESIGN item 6 literally: one stable sort of the N x (K-1) steps laid out option-major, then a prefix."""
-    s, c, b = scores.double(), costs.double(), torch.tensor(bits, dtype=torch.float64)
-    n = s.numel()
-    if len(bits) == 1:
-        return torch.full((n,), bits[0])
-    gap = b[1:] - b[:-1]
-    slope = (torch.pow(4.0, -b[:-1]) - torch.pow(4.0, -b[1:])) / gap
-    ratio = (slope[:, None] * (s / c)[None, :]).flatten()
-    order = torch.sort(ratio, descending=True, stable=True).indices
-    step_cost = (gap[:, None] * c[None, :]).flatten()[order]
-    spare = capacity * (1 + 1e-9) - bits[0] * float(c.sum())
-    taken = int((step_cost.cumsum(0) <= spare).sum())
-    return b.long()[torch.bincount(order[:taken] % n, minlength=n)]
+    """DESIGN item 6 literally (one stable sort of all steps, then a prefix): the in-graph allocator."""
+    levels = allocate_levels_traceable(scores, costs, bits, torch.tensor(capacity, dtype=torch.float64))
+    return torch.tensor(bits)[levels]
 
 
 def objective(scores: torch.Tensor, bits: torch.Tensor) -> float:

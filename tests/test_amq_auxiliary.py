@@ -153,3 +153,20 @@ def test_learns_a_smooth_sensitivity() -> None:
     with torch.no_grad():
         rho = np.mean([spearman(model(m)[0], m.s) for m in test])
     assert rho > 0.8
+
+
+def test_macs_formula_matches_the_rows_each_linear_sees() -> None:
+    model = AuxiliaryGNN(in_features=1, spatial_dim=2, num_node_types=2, hidden=6, layers=2, cluster_head=True)
+    batch = Batch.from_data_list([_mesh(5, 4, cluster_size=4), _mesh(7, 3, cluster_size=4)])
+    counted = 0
+
+    def count(module, inputs, _):
+        nonlocal counted
+        counted += inputs[0].numel() // module.in_features * module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(batch)
+    for handle in handles:
+        handle.remove()
+    assert model.macs(batch) == counted

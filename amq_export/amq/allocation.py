@@ -247,3 +247,28 @@ def node_item_costs(node_macs_per_row: float, edge_macs_per_row: float, edge_ind
     """
     in_degree = torch.bincount(edge_index[1], minlength=num_nodes).to(torch.float64)
     return (node_macs_per_row + in_degree * edge_macs_per_row) * weight_bits
+
+
+def allocate_levels_traceable(scores: Tensor, costs: Tensor, options: tuple[int, ...], capacity: Tensor) -> Tensor:
+    """``allocate`` as plain tensor ops with no data-dependent shapes, for graphs (``torch.export``/ONNX).
+
+    Returns the option index per item (int64 [N]). It is the literal form of the greedy: one stable
+    sort of all N x (K-1) upgrade steps, option-major, so ties go to the lower option, then the lower
+    item index (ONNX ``TopK`` breaks ties the same way), and the longest prefix whose cumulative cost
+    fits. ``capacity`` is a float64 scalar tensor; the checks of ``allocate`` are the caller's job.
+    Equal to ``allocate`` for the same float64 inputs (tested).
+    """
+    s, c = scores.to(torch.float64), costs.to(torch.float64)
+    n, k_steps = s.shape[0], len(options) - 1
+    if k_steps == 0:
+        return torch.zeros_like(s, dtype=torch.int64)
+    b = torch.tensor(options, dtype=torch.float64, device=s.device)
+    gap = b[1:] - b[:-1]
+    slope = (torch.pow(4.0, -b[:-1]) - torch.pow(4.0, -b[1:])) / gap
+    gain = (slope[:, None] * (s / c)[None, :]).reshape(-1)  # step (k, i) at k * N + i
+    step_cost = (gap[:, None] * c[None, :]).reshape(-1)
+    order = torch.sort(gain, descending=True, stable=True).indices
+    spare = capacity * (1 + _RTOL) - options[0] * c.sum()
+    taken = (step_cost.index_select(0, order).cumsum(0) <= spare).to(torch.int64)
+    per_step = torch.zeros_like(taken).index_put((order,), taken)
+    return per_step.reshape(k_steps, n).sum(0)

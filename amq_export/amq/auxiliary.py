@@ -129,25 +129,23 @@ class AuxiliaryGNN(nn.Module):
         return node_scores, self.cluster_head(pooled).squeeze(-1)
 
     def macs(self, data: Data) -> int:
-        """Multiply-accumulates of one forward on ``data``: rows x in x out summed over the Linear layers.
+        """Multiply-accumulates of one forward on ``data`` (see :meth:`macs_per_row`)."""
+        batch = getattr(data, "batch", None)
+        graphs = int(batch.max()) + 1 if batch is not None and batch.numel() else 1
+        cluster_index = getattr(data, "cluster_index", None)
+        clusters = int(cluster_index[1].max()) + 1 if cluster_index is not None and cluster_index.numel() else 0
+        rows = {"node": data.num_nodes, "edge": data.edge_index.shape[1], "graph": graphs, "cluster": clusters}
+        return sum(rows[kind] * macs for kind, macs in self.macs_per_row().items())
 
-        Counted by running the model once (no grad) with hooks on every ``nn.Linear``, so the count
-        follows the rows each layer really sees (nodes, edges, graphs or clusters).
-        """
-        total = 0
-
-        def count(module: nn.Linear, inputs: tuple[Tensor, ...], _: Tensor) -> None:
-            nonlocal total
-            total += inputs[0].numel() // module.in_features * module.in_features * module.out_features
-
-        handles = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, nn.Linear)]
-        try:
-            with torch.no_grad():
-                self(data)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return total
+    def macs_per_row(self) -> dict[str, int]:
+        """MACs per node, edge, graph and cluster row: ``in x out`` summed over the Linears of each kind
+        of row (the cluster head counts only when clusters are given)."""
+        h, sd = self.config["hidden"], self.config["spatial_dim"]
+        head = h * h + h
+        per_layer_node = 2 * h * h + 2 * h * h  # target, source, update (2h -> h)
+        node = self.encoder.in_features * h + len(self.layers) * per_layer_node + head
+        return {"node": node, "edge": len(self.layers) * sd * h, "graph": len(self.layers) * h * h,
+                "cluster": head if self.cluster_head is not None else 0}
 
 
 def regression_loss(pred_log: Tensor, target_sens: Tensor, eps: float = 1e-3) -> Tensor:

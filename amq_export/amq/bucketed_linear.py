@@ -1,0 +1,95 @@
+"""The bucketed integer Linear that an exported AMQ model runs (DESIGN item 8).
+
+Numerics only: every input row ``r`` belongs to bucket ``k_r`` and is quantized with that bucket's
+scale, zero point and range, ``q_r = clamp(round(x_r / s_k + z_k), 0, qmax_k)`` (the order of
+operations of Brevitas' activation quantizers, so the two agree bit for bit); all rows then share one
+int8 weight with per-output-channel scales ``t``:
+
+    y_r = s_k * t * (q_r - z_k) @ W_int^T + bias
+
+computed as one integer GEMM ``q @ W_int^T`` with a per-row scale and a zero-point correction
+``s_k z_k * colsum(W_int)``. ``torch.ops.amq.bucketed_linear`` is this computation as a custom op,
+so that ``torch.export`` keeps it as one node; ``amq_export.export`` lowers that node to ONNX
+integer kernels. :class:`BucketedIntLinear` packs a trained ``AdaptiveQuantLinear`` into it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from amq_export.errors import AMQError
+
+
+@torch.library.custom_op("amq::bucketed_linear", mutates_args=())
+def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
+                    weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor) -> Tensor:
+    """``x`` [R, in] float, ``row_bucket`` [R] int64 in 0..K-1, per-bucket ``act_*`` [K] float,
+    ``weight_int_t`` [in, out] int8 (the transposed integer weight), ``weight_scale`` [out] float,
+    ``weight_colsum`` [out] = ``weight_scale * sum_in W_int`` (for the zero points), ``bias`` [out] -> [R, out]."""
+    scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
+    zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
+    qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
+    q = torch.minimum(torch.round(x / scale + zero_point).clamp_min(0.0), qmax)
+    # Integer GEMM emulated in float64: exact for every product and sum an int8 x uint8 GEMM holds.
+    acc = (q.double() @ weight_int_t.double()).float()
+    correction = (scale * zero_point) * weight_colsum
+    return acc * scale * weight_scale - correction + bias
+
+
+@bucketed_linear.register_fake
+def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
+      weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], weight_int_t.shape[1])
+
+
+class BucketedIntLinear(nn.Module):
+    """An ``AdaptiveQuantLinear`` frozen into integer form; reads its rows' buckets from ``buckets[domain]``.
+
+    ``buckets`` is a dict shared by all layers of one model (the inference wrapper fills it before
+    the main model runs), so the main model's code stays as it is.
+    """
+
+    def __init__(self, layer: Any, buckets: dict[str, Tensor]) -> None:
+        super().__init__()
+        if layer.per_bucket_weight_bits:
+            raise AMQError(f"layer {layer.name!r} uses per-bucket weight bit-widths (a grouped GEMM), which "
+                           "cannot be exported yet: quantize with per_bucket_weight_bits=False")
+        self.name, self.domain = layer.name, layer.domain
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.buckets = buckets
+        params = layer.act_quant_params()
+        for p in params:
+            if float(p.qmin) != 0.0 or float(p.qmax) > 255:
+                raise AMQError(f"layer {layer.name!r}: activation quantizers must be unsigned 2..8 bit "
+                               f"(range 0..255), got {float(p.qmin):g}..{float(p.qmax):g}")
+            if float(p.zero_point) != round(float(p.zero_point)):
+                raise AMQError(f"layer {layer.name!r}: activation zero point {float(p.zero_point)} is not an integer")
+        weight = layer.weight_quant_params()
+        if float(weight.bit_width) > 8:
+            raise AMQError(f"layer {layer.name!r}: weights at {float(weight.bit_width):g} bits do not fit int8")
+        stack = lambda values: torch.stack([v.reshape(()).float() for v in values])  # noqa: E731
+        self.register_buffer("act_scale", stack(p.scale for p in params))
+        self.register_buffer("act_zero_point", stack(p.zero_point for p in params))
+        self.register_buffer("act_qmax", stack(p.qmax for p in params))
+        weight_int = weight.int_weight.round().to(torch.int8)
+        weight_scale = weight.scale.reshape(-1).float().expand(self.out_features).clone()
+        self.register_buffer("weight_int_t", weight_int.t().contiguous())
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("weight_colsum", weight_int.float().sum(1) * weight_scale)
+        bias = layer.bias
+        self.register_buffer("bias", bias.detach().float().clone() if bias is not None
+                             else torch.zeros(self.out_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, self.in_features)
+        y = torch.ops.amq.bucketed_linear(rows, self.buckets[self.domain], self.act_scale, self.act_zero_point,
+                                          self.act_qmax, self.weight_int_t, self.weight_scale, self.weight_colsum,
+                                          self.bias)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r}, domain={self.domain}, in={self.in_features}, out={self.out_features}"

@@ -1,0 +1,119 @@
+"""Export: an ``AMQModel`` (or a float model) -> a checked ONNX artifact for a deployment target.
+
+One entry point, ``export(qmodel, path, target=..., example=mesh)``:
+
+- ``onnx``: ``path`` (standard ONNX, opset 18, integer GEMMs as ``MatMulInteger``), checked with
+  ``onnx.checker`` (full check);
+- ``ort``: that, plus ``<stem>.ort.onnx``: the ONNX Runtime rewrites of ``passes.onnx`` applied
+  (``MatMulIntegerToFloat`` kernels), saved as ONNX Runtime's CPU provider optimizes it;
+- ``trt``: not available yet (clear error).
+
+Every file is written to a temporary name and renamed, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from torch import Tensor, nn
+
+from amq_export.amq.inference_model import AMQInferenceModel, input_names
+from amq_export.amq.model import AMQModel
+from amq_export.errors import AMQError
+from amq_export.export.onnx_export import read_meta, to_onnx
+from amq_export.safe_io import atomic_write
+
+TARGETS = ("onnx", "ort", "trt")
+
+__all__ = ["TARGETS", "ExportResult", "check_target", "deployment_meta", "export", "export_float", "read_meta"]
+
+
+@dataclass
+class ExportResult:
+    target: str
+    path: Path
+    optimized_path: Path | None = None
+    rewrites: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def check_target(target: str) -> str:
+    if target == "trt":
+        raise AMQError("--target trt is not available yet: the TensorRT export (plugins for the bucketed "
+                       "GEMM) has not landed; use --target onnx or --target ort")
+    if target not in TARGETS:
+        raise AMQError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    return target
+
+
+def deployment_meta(qmodel: AMQModel | None, main: nn.Module, normalizer: dict | None = None,
+                    budget: float | None = None) -> dict[str, Any]:
+    """What evaluating the artifact needs without PyTorch: the cost model's layers, options, normaliser."""
+    meta: dict[str, Any] = {"arch": main.arch, "config": dict(main.config), "normalizer": normalizer,
+                            "inputs": input_names(main), "quantized": qmodel is not None}
+    if qmodel is not None:
+        config = qmodel.amq_config
+        meta.update({
+            "bits": list(config.bits), "weight_bits": config.weight_bits, "edge_rule": config.edge_rule,
+            "budget": float(config.budget if budget is None else budget),
+            "layers": [[layer.name, layer.domain, layer.in_features, layer.out_features, layer.weight_bits]
+                       for layer in qmodel.layers],
+            "float_layers": [list(layer) for layer in qmodel.float_layers],
+            "aux_macs_per_row": qmodel.aux.macs_per_row(),
+        })
+    return meta
+
+
+def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, target: str = "onnx",
+           mode: str = "aux", sort_rows: bool = True, normalizer: dict | None = None,
+           budget: float | None = None) -> ExportResult:
+    """Export ``qmodel`` for ``target``; ``example`` is one mesh to trace with (any size)."""
+    check_target(target)
+    path = Path(path)
+    module = AMQInferenceModel(qmodel.eval(), mode=mode, sort_rows=sort_rows)
+    meta = deployment_meta(qmodel, qmodel.main, normalizer, budget)
+    meta.update({"mode": module.mode, "sort_rows": module.sort_rows})
+    model = to_onnx(module, module.example_inputs(example, meta["budget"]), ["pred", "node_bits"], meta)
+    _save(model, path)
+    result = ExportResult(target, path, meta=meta)
+    if target == "ort":
+        from passes.onnx import apply_rules
+        from runtimes.onnxruntime import save_optimized
+
+        fused, result.rewrites = apply_rules(model, "ort")
+        result.optimized_path = save_optimized(fused, path.with_name(path.stem + ".ort.onnx"))
+    return result
+
+
+class _FloatModule(nn.Module):
+    """A float mesh model on plain tensors (the reference the quantized artifacts are compared with)."""
+
+    def __init__(self, main: nn.Module) -> None:
+        super().__init__()
+        self.main = main
+
+    def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor | None = None,
+                variables: Tensor | None = None) -> Tensor:
+        return self.main.forward_tensors(x, pos, edge_index, None, variables, node_type)
+
+
+def export_float(model: nn.Module, path: str | os.PathLike[str], *, example: Any,
+                 normalizer: dict | None = None) -> ExportResult:
+    """Export a float model (same inputs as the quantized artifact, without ``budget``)."""
+    path = Path(path)
+    names = input_names(model)
+    args = tuple(getattr(example, name) if name in names else None
+                 for name in ("x", "pos", "edge_index", "node_type", "variables"))
+    meta = deployment_meta(None, model, normalizer)
+    onnx_model = to_onnx(_FloatModule(model.eval()), args, ["pred"], meta)
+    _save(onnx_model, path)
+    return ExportResult("onnx", path, meta=meta)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    data = model.SerializeToString()
+    return atomic_write(path, lambda fh: fh.write(data))

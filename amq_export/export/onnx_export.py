@@ -1,0 +1,108 @@
+"""Trace a deployable module into a checked, documented ONNX model (dynamo exporter, opset 18).
+
+Dynamic axes are named (``num_nodes``, ``num_edges``), every input and output carries a doc string,
+and the model carries the metadata needed to evaluate it without PyTorch (``amq.meta``, JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from amq_export.errors import AMQError
+from amq_export.export.onnx_lowering import OPSET, translation_table
+
+META_KEY = "amq.meta"
+
+INPUT_DOCS = {
+    "x": "float32 [num_nodes, in_features]: node input features, normalised as in training",
+    "pos": "float32 [num_nodes, spatial_dim]: node positions",
+    "edge_index": "int64 [2, num_edges]: row 0 the source node, row 1 the target node of each edge",
+    "node_type": "int64 [num_nodes]: node type id (0 interior, 1 boundary, ...)",
+    "variables": "float32 [num_nodes, n_variables]: per-node PDE variables",
+    "budget": "float32 scalar: target effective activation bit-width, between the lowest and highest bit option",
+}
+OUTPUT_DOCS = {
+    "pred": "float32 [num_nodes, out_features]: prediction, normalised as the training targets",
+    "node_bits": "int64 [num_nodes]: activation bit-width allocated to each node",
+}
+# Which axis of which input is which dynamic dimension.
+DYNAMIC_AXES = {"x": {0: "num_nodes"}, "pos": {0: "num_nodes"}, "edge_index": {1: "num_edges"},
+                "node_type": {0: "num_nodes"}, "variables": {0: "num_nodes"}}
+ARG_NAMES = ("x", "pos", "edge_index", "node_type", "variables", "budget")
+
+
+def to_onnx(module: nn.Module, args: Sequence[Tensor | None], output_names: Sequence[str],
+            meta: dict[str, Any]) -> onnx.ModelProto:
+    """Export ``module(*args)`` (positional, in ``ARG_NAMES`` order, ``None`` for absent inputs)."""
+    names = [name for name, arg in zip(ARG_NAMES, args, strict=False) if arg is not None]
+    dims = {name: torch.export.Dim(name) for name in ("num_nodes", "num_edges")}
+    dynamic_shapes = {name: ({axis: dims[dim] for axis, dim in DYNAMIC_AXES[name].items()}
+                             if arg is not None and name in DYNAMIC_AXES else None)
+                      for name, arg in zip(ARG_NAMES, args, strict=False)}
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                module, tuple(args), dynamo=True, opset_version=OPSET, input_names=names,
+                output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+                custom_translation_table=translation_table(), verbose=False,
+            )
+        except Exception as exc:  # the exporter's errors are long reports; keep the gist
+            raise AMQError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    model = program.model_proto
+    _document(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _document(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    dim_names: dict[str, str] = {}
+    for value in model.graph.input:
+        docs = INPUT_DOCS.get(value.name)
+        if docs:
+            value.doc_string = docs
+        for axis, name in DYNAMIC_AXES.get(value.name, {}).items():
+            dim = value.type.tensor_type.shape.dim[axis]
+            if dim.dim_param:
+                dim_names[dim.dim_param] = name
+    for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in dim_names:
+                dim.dim_param = dim_names[dim.dim_param]
+    for value in model.graph.output:
+        if value.name in OUTPUT_DOCS:
+            value.doc_string = OUTPUT_DOCS[value.name]
+    model.producer_name = "amq-export"
+    model.doc_string = "Adaptive Mesh Quantization model exported by amq-export"
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
+
+
+def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
+    for entry in model.metadata_props:
+        if entry.key == META_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+class _quiet_exporter:
+    """Silence the exporter's INFO/WARNING chatter (torchvision, onnxscript) for the duration."""
+
+    NAMES = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx")
+
+    def __enter__(self) -> None:
+        self.levels = {name: logging.getLogger(name).level for name in self.NAMES}
+        for name in self.NAMES:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)

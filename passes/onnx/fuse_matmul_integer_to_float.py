@@ -1,0 +1,36 @@
+"""ONNX rewrite for the ``ort`` target: an integer GEMM followed by its dequantizing scales -> one
+ONNX Runtime ``MatMulIntegerToFloat`` kernel.
+
+Pattern (what ``amq::bucketed_linear`` lowers to, and ONNX Runtime does not fuse by itself)::
+
+    Mul(Mul(Cast<float>(MatMulInteger(A, B)), a_scale), b_scale)
+
+Check: ``A`` is uint8 and ``B`` int8, no zero-point inputs on the ``MatMulInteger``, ``b_scale`` a
+scalar or 1-D per-output-column vector. ``a_scale`` may be [M, 1] (one scale per row):
+``MatMulIntegerToFloat`` takes it so. Rewrite: ``com.microsoft.MatMulIntegerToFloat(A, B, a_scale, b_scale)``.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnxscript.rewriter import pattern
+
+MS_DOMAIN = "com.microsoft"
+
+
+def _pattern(op, a, b, a_scale, b_scale):
+    return op.Mul(op.Mul(op.Cast(op.MatMulInteger(a, b), to=onnx.TensorProto.FLOAT), a_scale), b_scale)
+
+
+def _check(context, a, b, a_scale, b_scale, **_) -> bool:
+    if a.dtype != onnx.TensorProto.UINT8 or b.dtype != onnx.TensorProto.INT8:
+        return False
+    shape = b_scale.shape
+    return shape is not None and len(shape) <= 1
+
+
+def _rewrite(op, a, b, a_scale, b_scale, **_):
+    return op.MatMulIntegerToFloat(a, b, a_scale, b_scale, _domain=MS_DOMAIN)
+
+
+RULE = pattern.RewriteRule(_pattern, _rewrite, _check, name="FuseMatMulIntegerToFloat")

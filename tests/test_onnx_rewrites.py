@@ -1,0 +1,58 @@
+"""ONNX rewrite rules of ``passes.onnx``, each on a small hand-built graph: fires where it should, keeps
+the numbers, and leaves alone what it must not touch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from passes.onnx import apply_rules
+
+
+def _integer_gemm_graph(with_zero_point: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    weight = h.make_tensor("w", T.INT8, [6, 4], rng.integers(-127, 128, (6, 4)).astype(np.int8).tobytes(), raw=True)
+    w_scale = h.make_tensor("t", T.FLOAT, [4], rng.random(4, dtype=np.float32))
+    inputs = ["a", "w"] + (["zp"] if with_zero_point else [])
+    nodes = [
+        h.make_node("MatMulInteger", inputs, ["acc"]),
+        h.make_node("Cast", ["acc"], ["accf"], to=T.FLOAT),
+        h.make_node("Mul", ["accf", "s"], ["y0"]),
+        h.make_node("Mul", ["y0", "t"], ["y"]),
+    ]
+    inits = [weight, w_scale] + ([h.make_tensor("zp", T.UINT8, [], [3])] if with_zero_point else [])
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", T.UINT8, ["m", 6]),
+                                      h.make_tensor_value_info("s", T.FLOAT, ["m", 1])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["m", 4])], initializer=inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def test_fuse_matmul_integer_to_float_keeps_per_row_scales():
+    model = _integer_gemm_graph()
+    fused, changes = apply_rules(model, "ort")
+    ops = Counter((node.domain, node.op_type) for node in fused.graph.node)
+    assert ops == {("com.microsoft", "MatMulIntegerToFloat"): 1}
+    assert changes == {"MatMulInteger": -1, "Cast": -1, "Mul": -2, "MatMulIntegerToFloat": 1}
+    rng = np.random.default_rng(1)
+    feeds = {"a": rng.integers(0, 256, (5, 6)).astype(np.uint8), "s": rng.random((5, 1), dtype=np.float32)}
+    np.testing.assert_allclose(_run(fused, feeds), _run(model, feeds), rtol=1e-5)
+
+
+def test_fuse_leaves_a_gemm_with_zero_point_alone():
+    fused, changes = apply_rules(_integer_gemm_graph(with_zero_point=True), "ort")
+    assert changes == {} and "MatMulIntegerToFloat" not in {node.op_type for node in fused.graph.node}
+
+
+def test_onnx_target_has_no_rules():
+    model = _integer_gemm_graph()
+    assert apply_rules(model, "onnx") == (model, {})
