@@ -72,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     path = Path(args.model)
     if path.suffix == ".onnx":
-        raise AMQError(f"{path}: evaluating ONNX artifacts is not available yet; pass a .pt checkpoint")
+        return _eval_onnx(args, path)
     ckpt = load_checkpoint(path)
     model = ckpt.build_model()
     dataset = _dataset(args, ckpt.task.get("cluster_size"))
@@ -80,6 +80,84 @@ def cmd_eval(args: argparse.Namespace) -> None:
     rel = evaluate_float(model, dataset.test, normalizer)
     console.print(f"{ckpt.arch}: test rel-L2 {rel:.4f} on {len(dataset.test)} meshes")
     print(json.dumps({"arch": ckpt.arch, "rel_l2": rel, "samples": len(dataset.test)}))
+
+
+def _eval_onnx(args: argparse.Namespace, path: Path) -> None:
+    """Run an exported model over a dataset's test split in ONNX Runtime: error, measured b_eff, latency."""
+    import time
+
+    import numpy as np
+
+    from amq_export.data.normalizer import Normalizer
+    from amq_export.export import artifact_cost
+    from amq_export.metrics import mesh_relative_l2
+    from amq_export.progress import progress_bar
+    from runtimes.onnxruntime import OrtModel
+
+    runner = OrtModel(path, threads=args.threads)
+    meta = runner.meta
+    if not meta:
+        raise AMQError(f"{path} carries no amq-export metadata; evaluate models exported by amq-export")
+    budget = args.budget if args.budget is not None else meta.get("budget")
+    bits = meta.get("bits")
+    if bits and budget is not None and not bits[0] <= budget <= bits[-1]:
+        raise AMQError(f"--budget {budget:g} is outside the model's bit options {bits}: choose one between "
+                       f"{bits[0]} and {bits[-1]}")
+    dataset = _dataset(args, None)
+    normalizer = Normalizer.from_dict(meta["normalizer"]) if meta.get("normalizer") else dataset.normalizer
+    mesh = dataset.test[0]
+    if mesh.x.shape[-1] != meta["config"]["in_features"]:
+        raise AMQError(f"data {args.data!r} has {mesh.x.shape[-1]} input features but the model reads "
+                       f"{meta['config']['in_features']}: pass the data the model was trained on")
+    errors, b_effs, times = [], [], []
+    with progress_bar() as bar:
+        task = bar.add_task(f"ONNX Runtime: {path.name}", total=len(dataset.test), info="")
+        for mesh in dataset.test:
+            feeds = runner.feeds(mesh, budget)
+            t0 = time.perf_counter()
+            out = runner.run_feeds(feeds)
+            times.append(time.perf_counter() - t0)
+            errors.append(mesh_relative_l2(torch.from_numpy(out["pred"]), mesh, normalizer))
+            if "node_bits" in out:
+                b_effs.append(artifact_cost(meta, out["node_bits"], mesh.edge_index)["b_eff"])
+            bar.update(task, advance=1)
+    result = {"model": str(path), "rel_l2": float(np.mean(errors)), "samples": len(errors),
+              "budget": budget if "node_bits" in runner.output_names else None,
+              "b_eff": float(np.mean(b_effs)) if b_effs else None, "b_eff_max": max(b_effs) if b_effs else None,
+              "latency_ms_median": 1e3 * float(np.median(times)), "nodes": int(dataset.test[0].num_nodes)}
+    b_eff = f"measured b_eff {result['b_eff']:.3f} (max {result['b_eff_max']:.3f}) at budget {budget:g}; " if b_effs else ""
+    console.print(f"{path.name}: test rel-L2 {result['rel_l2']:.4f} on {len(errors)} meshes; {b_eff}"
+                  f"latency {result['latency_ms_median']:.2f} ms per mesh (median, {result['nodes']} nodes)")
+    print(json.dumps(result))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """``amq-export MODEL.pt --target onnx|ort``: QAT, export, verification and report."""
+    from rich.table import Table
+
+    from amq_export.export_job import ExportJob, run
+
+    job = ExportJob(model=Path(args.model), target=args.target, data=args.data, budget=args.budget,
+                    bits=_bits(args.bits), epochs=args.epochs, max_samples=args.max_samples,
+                    out=Path(args.out) if args.out else None, seed=args.seed, n_test=args.n_test)
+    report = run(job)
+    acc, parity = report["test_rel_l2"], report["parity"]
+    table = Table(title=f"{report['arch']} -> {report['target']}: bits {report['bits']}, budget {report['budget']:g}")
+    for col in ("model", "test rel-L2", "b_eff"):
+        table.add_column(col, justify="right")
+    table.add_row("float", f"{acc['float']:.4f}", "-")
+    table.add_row("uniform (equal cost)", f"{acc['uniform']:.4f}", f"{report['cost']['uniform_b_eff']:.3f}")
+    table.add_row("AMQ (PyTorch)", f"{acc['amq']:.4f}", f"{report['b_eff']:.3f}")
+    table.add_row("AMQ (ONNX Runtime)", f"{acc['exported']:.4f}", f"{report['b_eff_exported']:.3f}")
+    results_console.print(table)
+    verdict = "[green]PASS[/]" if parity["pass"] else "[red]FAIL[/]"
+    results_console.print(
+        f"parity with PyTorch: {verdict}, same bits on {100 * parity['bits_agreement']:.3f}% of nodes, "
+        f"prediction rel-L2 diff {parity['rel_l2']:.2e}; AMQ / uniform error {report['amq_vs_uniform']:.3f}x; "
+        f"{report['seconds']['total']:.0f} s")
+    results_console.print(f"wrote {', '.join(report['artifacts'])} to {report['out_dir']}/")
+    if not parity["pass"]:
+        raise AMQError("the exported model does not match PyTorch within the parity bounds (see report.md)")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -134,40 +212,19 @@ def _bits(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The embedded default job: generated Darcy data, a float MP-PDE, then AMQ vs uniform at equal cost."""
-    import copy
-
-    from rich.table import Table
-
-    from amq_export.amq.config import AMQConfig
-    from amq_export.api import evaluate, finetune, quantize, save_quantized
-
+    """The embedded default job: generated Darcy data, a float MP-PDE, then the export job on it."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ns = argparse.Namespace(
+    checkpoint = out / "mppde_float.pt"
+    cmd_train(argparse.Namespace(
         arch="mppde", data="darcy", resolution=32, n_train=args.n_train, n_test=args.n_test, mesh="grid",
-        seed=0, hidden=None, layers=None, epochs=args.epochs, time_budget=None, lr=1e-3, batch_size=8,
-        out=out / "mppde_float.pt",
-    )
-    float_model, dataset = cmd_train(ns)
-    from amq_export.training import evaluate_float
-
-    rows = [("float", "-", evaluate_float(float_model, dataset.test, dataset.normalizer), None)]
-    for mode in ("uniform", "aux"):
-        console.print(f"AMQ: quantizing for budget {args.budget:g} bits, QAT with {mode} allocation")
-        torch.manual_seed(0)
-        qmodel = quantize(copy.deepcopy(float_model), AMQConfig(budget=args.budget), calibration=dataset.train[:32])
-        finetune(qmodel, dataset.train, dataset.val, normalizer=dataset.normalizer, epochs=args.qat_epochs, mode=mode)
-        metrics = evaluate(qmodel, dataset.test, normalizer=dataset.normalizer, mode=mode)
-        rows.append((mode, f"{args.budget:g}", metrics["rel_l2"], metrics["b_eff"]))
-        save_quantized(out / f"mppde_amq_{mode}.pt", qmodel, normalizer=dataset.normalizer.to_dict())
-    table = Table(title=f"Darcy 32x32, MP-PDE, {len(dataset.test)} test meshes")
-    for col in ("model", "budget", "test rel-L2", "measured b_eff"):
-        table.add_column(col, justify="right")
-    for name, budget, rel, b_eff in rows:
-        table.add_row(name, budget, f"{rel:.4f}", "-" if b_eff is None else f"{b_eff:.3f}")
-    results_console.print(table)
-    console.print(f"checkpoints in {out}/")
+        seed=0, hidden=None, layers=None, epochs=args.epochs, time_budget=args.time_budget, lr=1e-3, batch_size=8,
+        out=checkpoint,
+    ))
+    cmd_export(argparse.Namespace(
+        model=checkpoint, target=args.target, data="darcy", budget=args.budget, bits=args.bits,
+        epochs=args.qat_epochs, max_samples=args.max_samples, out=out / f"amq-{args.target}", seed=0, n_test=None,
+    ))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,9 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=None, help="message-passing layers / GNN blocks")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
+    p = sub.add_parser("export", help="the main job (also run as 'amq-export MODEL.pt ...'): QAT, export, "
+                                      "verification in ONNX Runtime, report")
+    p.add_argument("model", help="float checkpoint (.pt) written by amq-export train")
+    p.add_argument("--target", default="onnx", help="onnx | ort | trt")
+    p.add_argument("--data", default="darcy", help="'darcy' (generated, as in the checkpoint) or a .npz/.pt grid file")
+    p.add_argument("--budget", type=float, default=4.0, help="target effective activation bits")
+    p.add_argument("--bits", default=None, help="activation bit options, e.g. 4,8 (default: around the budget)")
+    p.add_argument("--epochs", type=int, default=2, help="QAT epochs (for AMQ and for the uniform baseline)")
+    p.add_argument("--max-samples", type=int, default=200, help="training meshes used for QAT")
+    p.add_argument("--n-test", type=int, default=None, help="test meshes (default: as the checkpoint's task)")
+    p.add_argument("--out", default=None, help="output directory (default: next to MODEL)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint (.pt) or an exported model (.onnx) on a test split")
     p.add_argument("model")
     _add_data_args(p)
+    p.add_argument("--budget", type=float, default=None, help=".onnx only: the run-time budget (default: export's)")
+    p.add_argument("--threads", type=int, default=None, help=".onnx only: ONNX Runtime intra-op threads")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="layers, domains, MACs and the cost of uniform and AMQ quantization")
@@ -211,15 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-bits", type=int, default=8)
     p.set_defaults(func=cmd_plan, n_train=4, n_test=1)
 
-    p = sub.add_parser("demo", help="the embedded default job on generated Darcy data")
+    p = sub.add_parser("demo", help="the embedded default job: train a float MP-PDE on generated Darcy data, "
+                                    "then export it (QAT, ONNX, ONNX Runtime)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--target", default="ort", help="onnx | ort")
     p.add_argument("--epochs", type=int, default=10, help="float training epochs")
-    p.add_argument("--qat-epochs", type=int, default=1)
-    p.add_argument("--budget", type=float, default=4.0)
+    p.add_argument("--time-budget", type=float, default=180, help="float training seconds at most")
+    p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--max-samples", type=int, default=200, help="training meshes used for QAT")
+    p.add_argument("--budget", type=float, default=5.0)
+    p.add_argument("--bits", default="4,8")
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-test", type=int, default=100)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+COMMANDS = ("data", "train", "export", "eval", "plan", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Brevitas announces an optional CUDA package at import; it says nothing about the user's job
     warnings.filterwarnings("ignore", message="fast_hadamard_transform")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv.insert(0, "export")  # amq-export MODEL.pt --target ...
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -31,3 +31,11 @@ def batch_relative_l2(pred: torch.Tensor, batch: Any, normalizer: Any | None = N
     if normalizer is not None:
         pred, target = normalizer.invert(pred, "y"), normalizer.invert(target, "y")
     return per_graph_relative_l2(pred, target, getattr(batch, "batch", None), batch.num_graphs)
+
+
+def mesh_relative_l2(pred: torch.Tensor, mesh: Any, normalizer: Any | None = None) -> float:
+    """Relative L2 of a prediction for one (unbatched) mesh, in physical units when a ``Normalizer`` is given."""
+    pred, target = torch.as_tensor(pred), mesh.y
+    if normalizer is not None:
+        pred, target = normalizer.invert(pred, "y"), normalizer.invert(target, "y")
+    return float(per_graph_relative_l2(pred, target, None)[0])

@@ -36,7 +36,7 @@ def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_p
     # Integer GEMM emulated in float64: exact for every product and sum an int8 x uint8 GEMM holds.
     acc = (q.double() @ weight_int_t.double()).float()
     correction = (scale * zero_point) * weight_colsum
-    return acc * scale * weight_scale - correction + bias
+    return acc * weight_scale * scale - correction + bias  # the order of ONNX Runtime's MatMulIntegerToFloat
 
 
 @bucketed_linear.register_fake
@@ -70,7 +70,10 @@ class BucketedIntLinear(nn.Module):
         weight = layer.weight_quant_params()
         if float(weight.bit_width) > 8:
             raise AMQError(f"layer {layer.name!r}: weights at {float(weight.bit_width):g} bits do not fit int8")
-        stack = lambda values: torch.stack([v.reshape(()).float() for v in values])  # noqa: E731
+
+        def stack(values: Any) -> Tensor:
+            return torch.stack([v.reshape(()).float() for v in values])
+
         self.register_buffer("act_scale", stack(p.scale for p in params))
         self.register_buffer("act_zero_point", stack(p.zero_point for p in params))
         self.register_buffer("act_qmax", stack(p.qmax for p in params))

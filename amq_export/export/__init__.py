@@ -29,7 +29,7 @@ from amq_export.safe_io import atomic_write
 
 TARGETS = ("onnx", "ort", "trt")
 
-__all__ = ["TARGETS", "ExportResult", "check_target", "deployment_meta", "export", "export_float", "read_meta"]
+__all__ = ["TARGETS", "ExportResult", "artifact_cost", "check_target", "deployment_meta", "export", "export_float", "read_meta"]
 
 
 @dataclass
@@ -117,3 +117,22 @@ def export_float(model: nn.Module, path: str | os.PathLike[str], *, example: Any
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     data = model.SerializeToString()
     return atomic_write(path, lambda fh: fh.write(data))
+
+
+def artifact_cost(meta: dict[str, Any], node_bits: Any, edge_index: Any) -> dict[str, float]:
+    """The cost (DESIGN item 3) of one run of an exported model, from its metadata and ``node_bits``:
+    ``b_eff`` charges the auxiliary model's BOPs as in training."""
+    import torch
+
+    from amq_export.amq.allocation import edge_bits
+    from amq_export.amq.cost import LayerCost, bops
+
+    node_bits = torch.as_tensor(node_bits, dtype=torch.int64)
+    edge_index = torch.as_tensor(edge_index, dtype=torch.int64)
+    layers = [LayerCost(*layer) for layer in meta["layers"]]
+    rows_bits = {"node": node_bits, "edge": edge_bits(node_bits, edge_index, meta["edge_rule"])}
+    aux = meta["aux_macs_per_row"] if meta.get("mode") == "aux" else {}
+    aux_macs = aux.get("node", 0) * node_bits.numel() + aux.get("edge", 0) * edge_index.shape[1] + aux.get("graph", 0)
+    result = bops(layers, rows_bits, [tuple(layer) for layer in meta["float_layers"]], aux_macs=aux_macs)
+    result["b_eff"] = result.pop("b_charged")
+    return result

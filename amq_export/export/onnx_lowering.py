@@ -2,7 +2,7 @@
 
 - ``amq::bucketed_linear`` -> per-row scale, zero point and range gathered from the row's bucket,
   ``q = clamp(round(x / s + z), 0, qmax)`` cast to uint8, one ``MatMulInteger`` against the int8
-  weight, then ``acc * s * t - s * z * colsum + bias`` (ONNX Runtime's ``MatMulInteger`` takes
+  weight, then ``acc * t * s - s * z * colsum + bias`` (ONNX Runtime's ``MatMulInteger`` takes
   only a scalar activation zero point, so the zero points are corrected after the GEMM).
 - ``aten.sort.stable`` -> ``TopK`` over the whole axis; ONNX breaks ``TopK`` ties by the lower
   index, which is what a stable sort does.
@@ -27,7 +27,7 @@ def bucketed_linear(x, row_bucket, act_scale, act_zero_point, act_qmax, weight_i
     qmax = op.Unsqueeze(op.Gather(act_qmax, row_bucket, axis=0), axis1)
     q = op.Min(op.Max(op.Round(op.Add(op.Div(x, scale), zero_point)), op.Constant(value_float=0.0)), qmax)
     acc = op.MatMulInteger(op.Cast(q, to=UINT8.dtype), weight_int_t)
-    y = op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), scale), weight_scale)
+    y = op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), weight_scale), scale)
     return op.Add(op.Sub(y, op.Mul(op.Mul(scale, zero_point), weight_colsum)), bias)
 
 

@@ -3,11 +3,12 @@ ONNX Runtime ``MatMulIntegerToFloat`` kernel.
 
 Pattern (what ``amq::bucketed_linear`` lowers to, and ONNX Runtime does not fuse by itself)::
 
-    Mul(Mul(Cast<float>(MatMulInteger(A, B)), a_scale), b_scale)
+    Mul(Mul(Cast<float>(MatMulInteger(A, B)), b_scale), a_scale)
 
 Check: ``A`` is uint8 and ``B`` int8, no zero-point inputs on the ``MatMulInteger``, ``b_scale`` a
 scalar or 1-D per-output-column vector. ``a_scale`` may be [M, 1] (one scale per row):
-``MatMulIntegerToFloat`` takes it so. Rewrite: ``com.microsoft.MatMulIntegerToFloat(A, B, a_scale, b_scale)``.
+``MatMulIntegerToFloat`` takes it so, and multiplies in this order (``b_scale`` first), so the
+fused graph computes the same floats as the unfused one. Rewrite: ``com.microsoft.MatMulIntegerToFloat(A, B, a_scale, b_scale)``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ MS_DOMAIN = "com.microsoft"
 
 
 def _pattern(op, a, b, a_scale, b_scale):
-    return op.Mul(op.Mul(op.Cast(op.MatMulInteger(a, b), to=onnx.TensorProto.FLOAT), a_scale), b_scale)
+    return op.Mul(op.Mul(op.Cast(op.MatMulInteger(a, b), to=onnx.TensorProto.FLOAT), b_scale), a_scale)
 
 
 def _check(context, a, b, a_scale, b_scale, **_) -> bool:

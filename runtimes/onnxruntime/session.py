@@ -12,10 +12,14 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from amq_export.errors import AMQError
 
 META_KEY = "amq.meta"
+ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.InvalidProtobuf,
+              ort_state.NoSuchFile, ort_state.NotImplemented, ort_state.RuntimeException)
 _INT_INPUTS = {"edge_index", "node_type"}
 _LEVELS = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -43,14 +47,14 @@ class OrtModel:
             raise AMQError(f"ONNX model {self.path} does not exist; export one with amq-export MODEL.pt --target onnx")
         try:
             model = onnx.load(str(self.path), load_external_data=False)
-        except Exception as exc:
+        except (OSError, ValueError, DecodeError) as exc:
             raise AMQError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}); "
                            "re-export it with amq-export") from None
         self.meta: dict[str, Any] = next((json.loads(p.value) for p in model.metadata_props if p.key == META_KEY), {})
         try:
             self.session = ort.InferenceSession(str(self.path), session_options(threads, optimization),
                                                 providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:
+        except ORT_ERRORS as exc:
             raise AMQError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0]}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]

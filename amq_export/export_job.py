@@ -1,0 +1,243 @@
+"""The job users come for: ``amq-export MODEL.pt --target onnx|ort``.
+
+load the float checkpoint -> data -> passes + calibration -> joint QAT (AMQ) and, as the baseline,
+QAT of uniform quantization at the same budget -> test errors of float / uniform / AMQ -> export ->
+verification in ONNX Runtime (parity with PyTorch, error, b_eff, latency) -> report.
+
+Everything is written into a staging directory beside the output directory and moved into place
+only when the job has finished, so a failure at any step leaves no partial artifact behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from amq_export.amq.allocation import validate_bits
+from amq_export.amq.config import AMQConfig
+from amq_export.errors import AMQError
+from amq_export.progress import console
+
+PARITY_BITS, PARITY_REL_L2 = 0.999, 1e-3
+
+
+@dataclass
+class ExportJob:
+    model: Path
+    target: str = "onnx"
+    data: str = "darcy"
+    budget: float = 4.0
+    bits: tuple[int, ...] | None = None
+    epochs: int = 2
+    max_samples: int | None = 200
+    out: Path | None = None
+    seed: int = 0
+    n_test: int | None = None
+    weight_bits: int = 8
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else self.model.parent / f"{self.model.stem}-amq-{self.target}"
+
+
+def _check(job: ExportJob) -> AMQConfig:
+    """Every argument checked before any work is done (the error names the flag to fix)."""
+    from amq_export.export import check_target
+
+    check_target(job.target)
+    bits = validate_bits(job.bits) if job.bits is not None else None
+    if not math.isfinite(job.budget):
+        raise AMQError(f"--budget {job.budget} is not a number of bits")
+    if bits is not None and not bits[0] <= job.budget <= bits[-1]:
+        raise AMQError(f"--budget {job.budget:g} is outside the bit options {list(bits)}: choose a budget between "
+                       f"{bits[0]} and {bits[-1]} or change --bits")
+    if job.epochs < 1:
+        raise AMQError(f"--epochs must be >= 1, got {job.epochs}")
+    if job.max_samples is not None and job.max_samples < 2:
+        raise AMQError(f"--max-samples must be >= 2, got {job.max_samples}")
+    return AMQConfig(budget=job.budget, bits=bits, weight_bits=job.weight_bits)
+
+
+def _staging_dir(out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise AMQError(f"cannot write to output directory {out}: {exc.strerror}; pass --out with a writable "
+                       "directory") from None
+
+
+def _check_data(dataset: Any, config: dict[str, Any], data: str) -> None:
+    mesh = dataset.test[0] if dataset.test else dataset.train[0]
+    expected = {"in_features": mesh.x.shape[-1], "out_features": mesh.y.shape[-1], "spatial_dim": mesh.pos.shape[-1]}
+    bad = {k: (v, config.get(k)) for k, v in expected.items() if config.get(k) is not None and config[k] != v}
+    if bad:
+        detail = ", ".join(f"{k}: data {d} vs model {m}" for k, (d, m) in bad.items())
+        raise AMQError(f"data {data!r} does not match the model ({detail}): pass the data the model was trained on")
+
+
+def run(job: ExportJob) -> dict[str, Any]:
+    """Run the whole job; returns the report (also written to ``report.json`` in the output directory)."""
+    from amq_export.api import evaluate, finetune, quantize
+    from amq_export.checkpoint import load_checkpoint
+    from amq_export.data.datasets import load_mesh_dataset
+    from amq_export.data.normalizer import Normalizer
+    from amq_export.training import evaluate_float
+
+    config = _check(job)
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    stage = _staging_dir(job.out_dir)
+    try:
+        ckpt = load_checkpoint(job.model)
+        if ckpt.arch != "mppde":
+            raise AMQError(f"{job.model}: export of {ckpt.arch} models is not supported yet (MP-PDE is)")
+        float_model = ckpt.build_model()
+        task = dict(ckpt.task)
+        with console.status("loading data"):
+            extra = {"keep_fraction": task["keep_fraction"]} if task.get("keep_fraction") else {}
+            dataset = load_mesh_dataset(job.data, resolution=int(task.get("resolution") or 32),
+                                        n_train=int(task.get("n_train", 1000)),
+                                        n_test=job.n_test or int(task.get("n_test", 100)),
+                                        mesh=task.get("mesh", "grid"), seed=int(task.get("seed", 0)), **extra)
+        _check_data(dataset, ckpt.config, job.data)
+        normalizer = Normalizer.from_dict(ckpt.normalizer) if ckpt.normalizer else dataset.normalizer
+        train = list(dataset.train)[: job.max_samples] if job.max_samples else list(dataset.train)
+        val, test = list(dataset.val)[:50], list(dataset.test)
+        seconds["data"] = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        float_rel = evaluate_float(float_model, test, normalizer)
+        models, results = {}, {}
+        for mode in ("uniform", "aux"):
+            console.print(f"[bold]{'AMQ' if mode == 'aux' else 'uniform'}[/]: passes, calibration and "
+                          f"{job.epochs} QAT epoch(s) on {len(train)} meshes at budget {job.budget:g}")
+            torch.manual_seed(job.seed)
+            qmodel = quantize(copy.deepcopy(float_model), config, calibration=train[:32])
+            finetune(qmodel, train, val, normalizer=normalizer, epochs=job.epochs, mode=mode, seed=job.seed)
+            models[mode] = qmodel
+            results[mode] = evaluate(qmodel, test, normalizer=normalizer, mode=mode)
+        seconds["qat"] = time.perf_counter() - t0
+        qmodel = models["aux"]
+
+        t0 = time.perf_counter()
+        with console.status(f"exporting for {job.target}"):
+            from amq_export.export import export
+
+            exported = export(qmodel, stage / "model.onnx", example=test[0], target=job.target,
+                              normalizer=normalizer.to_dict(), budget=job.budget)
+        seconds["export"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        verification = _verify(exported, qmodel, test, normalizer, job.budget)
+        seconds["verify"] = time.perf_counter() - t0
+
+        artifacts = {"model.onnx": "the AMQ model in standard ONNX (opset 18; integer GEMMs as MatMulInteger)",
+                     "report.json": "this report, machine-readable", "report.md": "this report",
+                     "allocation.png": "bits per node on a test mesh, and the error of AMQ and of uniform"}
+        if exported.optimized_path is not None:
+            artifacts["model.ort.onnx"] = ("the same graph as ONNX Runtime's CPU provider optimizes it "
+                                          "(MatMulIntegerToFloat kernels); load it with optimizations off or on")
+        report = {
+            "model": str(job.model), "arch": ckpt.arch, "target": job.target, "data": job.data,
+            "bits": list(qmodel.amq_config.bits), "weight_bits": qmodel.amq_config.weight_bits,
+            "budget": job.budget, "b_eff": results["aux"]["b_eff"], "b_eff_max": results["aux"]["b_eff_max"],
+            "b_eff_exported": verification["b_eff"], "bops": results["aux"]["bops_per_mesh"],
+            "test_rel_l2": {"float": float_rel, "uniform": results["uniform"]["rel_l2"],
+                            "amq": results["aux"]["rel_l2"], "exported": verification["rel_l2"]},
+            "amq_vs_uniform": results["aux"]["rel_l2"] / results["uniform"]["rel_l2"],
+            "cost": {"float_gbops": _float_gbops(qmodel, test), "uniform_b_eff": results["uniform"]["b_eff"],
+                     "uniform_gbops": results["uniform"]["bops_per_mesh"] / 1e9,
+                     "amq_gbops": results["aux"]["bops_per_mesh"] / 1e9},
+            "parity": verification["parity"], "latency_ms": verification["latency"],
+            "epochs": job.epochs, "seed": job.seed, "samples": {"train": len(train), "val": len(val), "test": len(test)},
+            "rewrites": exported.rewrites, "artifacts": artifacts,
+            "job": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items()},
+        }
+        _plot(stage / "allocation.png", models, test[0], normalizer, job.budget, verification["node_bits_first"])
+        seconds["total"] = time.perf_counter() - t_start
+        report["seconds"] = seconds
+        from amq_export.report import write_json, write_markdown
+
+        write_json(stage / "report.json", report)
+        write_markdown(stage / "report.md", report)
+        _publish(stage, job.out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    report["out_dir"] = str(job.out_dir)
+    return report
+
+
+def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget: float) -> dict[str, Any]:
+    """Run the artifact in ONNX Runtime on every test mesh: parity with PyTorch, error, b_eff, latency."""
+    from amq_export.export import artifact_cost
+    from amq_export.metrics import mesh_relative_l2
+    from amq_export.progress import progress_bar
+    from runtimes.onnxruntime import OrtModel, parity
+
+    runner = OrtModel(exported.optimized_path or exported.path)
+    pairs, errors, b_effs, times = [], [], [], []
+    first_bits = None
+    with progress_bar() as bar:
+        task = bar.add_task("verifying in ONNX Runtime", total=len(test), info="")
+        for mesh in test:
+            with torch.no_grad():
+                ref = qmodel(mesh, budget=budget, mode="aux")
+            feeds = runner.feeds(mesh, budget)
+            t0 = time.perf_counter()
+            out = runner.run_feeds(feeds)
+            times.append(time.perf_counter() - t0)
+            pairs.append((ref.pred.numpy(), out["pred"], ref.node_bits.numpy(), out["node_bits"]))
+            errors.append(mesh_relative_l2(torch.from_numpy(out["pred"]), mesh, normalizer))
+            b_effs.append(artifact_cost(exported.meta, out["node_bits"], mesh.edge_index)["b_eff"])
+            first_bits = out["node_bits"] if first_bits is None else first_bits
+            bar.update(task, advance=1)
+    result = parity(pairs)
+    result["pass"] = bool(result["bits_agreement"] >= PARITY_BITS and result["rel_l2"] <= PARITY_REL_L2)
+    latency = {"median": 1e3 * float(np.median(times[1:] or times)), "runs": max(len(times) - 1, 1),
+               "nodes": int(test[0].num_nodes), "threads": "default"}
+    return {"parity": result, "rel_l2": float(np.mean(errors)), "b_eff": float(np.mean(b_effs)),
+            "b_eff_max": float(np.max(b_effs)), "latency": latency, "node_bits_first": first_bits}
+
+
+def _float_gbops(qmodel: Any, meshes: list[Any]) -> float:
+    """BOPs of the float model (every Linear at 16 x 16 bits), per mesh, for scale."""
+    total = 0.0
+    for mesh in meshes:
+        rows = {"node": mesh.num_nodes, "edge": mesh.edge_index.shape[1], "cluster": mesh.num_clusters}
+        total += sum(layer.macs_per_row * rows[layer.domain] for layer in qmodel.layers) * 256
+        total += sum(i * o * rows[d] for _, d, i, o in qmodel.float_layers) * 256
+    return total / len(meshes) / 1e9
+
+
+def _plot(path: Path, models: dict[str, Any], mesh: Any, normalizer: Any, budget: float, bits: np.ndarray) -> None:
+    from amq_export.report import plot_allocation
+
+    errors, rels = {}, {}
+    truth = normalizer.invert(mesh.y, "y")
+    for mode, qmodel in models.items():
+        with torch.no_grad():
+            pred = normalizer.invert(qmodel(mesh, budget=budget, mode=mode).pred, "y")
+        errors[mode] = (pred - truth).abs().sum(-1).numpy()
+        rels[mode] = float((pred - truth).norm() / truth.norm())
+    plot_allocation(path, mesh.pos.numpy(), np.asarray(bits), errors["aux"], errors["uniform"], (
+        f"AMQ bits per node (budget {budget:g}, mean {float(np.mean(bits)):.2f})",
+        f"|error| AMQ (rel-L2 {rels['aux']:.4f})", f"|error| uniform, equal cost (rel-L2 {rels['uniform']:.4f})"))
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished artifacts into ``out`` (each an atomic rename on the same file system)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AMQError(f"cannot create output directory {out}: {exc.strerror}; pass --out with a writable "
+                       "directory") from None
+    for item in sorted(stage.iterdir()):
+        item.replace(out / item.name)

@@ -1,0 +1,113 @@
+"""The export job's report: ``report.json``, ``report.md`` and ``allocation.png``.
+
+``allocation.png`` shows one test mesh three times: coloured by the bit-width AMQ allocated to
+each node, then the absolute error of the AMQ model and of uniform quantization at equal cost on
+one colour scale, so a reader sees where bits went and whether the error moved with them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amq_export.safe_io import atomic_write
+
+
+def write_json(path: Path, report: dict[str, Any]) -> Path:
+    text = json.dumps(report, indent=2, sort_keys=False, default=float) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A one-page summary of ``report`` (the fields of ``report.json``)."""
+    acc, parity, cost = report["test_rel_l2"], report["parity"], report["cost"]
+    lines = [
+        f"# amq-export report: {report['arch']} -> {report['target']}",
+        "",
+        (f"Model `{report['model']}`, data `{report['data']}` ({report['samples']['test']} test meshes), "
+         f"activation bits {report['bits']}, weights {report['weight_bits']}-bit, budget {report['budget']:g} "
+         f"effective bits, {report['epochs']} QAT epoch(s) on {report['samples']['train']} meshes, "
+         f"seed {report['seed']}."),
+        "",
+        "| model | test rel-L2 | measured b_eff | GBOPs / mesh |",
+        "|---|---|---|---|",
+        f"| float | {_fmt(acc['float'])} | – | {_fmt(cost['float_gbops'], 3)} |",
+        (f"| uniform (equal cost) | {_fmt(acc['uniform'])} | {_fmt(cost['uniform_b_eff'], 3)} | "
+         f"{_fmt(cost['uniform_gbops'], 3)} |"),
+        f"| AMQ (PyTorch) | {_fmt(acc['amq'])} | {_fmt(report['b_eff'], 3)} | {_fmt(cost['amq_gbops'], 3)} |",
+        f"| AMQ (exported, ONNX Runtime) | {_fmt(acc['exported'])} | {_fmt(report['b_eff_exported'], 3)} | – |",
+        "",
+        (f"AMQ against uniform at equal cost: {_fmt(report['amq_vs_uniform'], 3)}x the error "
+         f"({'better' if report['amq_vs_uniform'] < 1 else 'not better'})."),
+        "",
+        "## Parity of the exported model against PyTorch",
+        "",
+        f"- same bit-width on {100 * parity['bits_agreement']:.3f}% of nodes (target >= 99.9%)",
+        (f"- prediction relative L2 difference {_fmt(parity['rel_l2'], 3)} over all test meshes (target <= 1e-3); "
+         f"worst mesh {_fmt(parity['rel_l2_worst_mesh'], 3)}, max abs {_fmt(parity['max_abs'], 3)}"),
+        f"- verdict: **{'PASS' if parity['pass'] else 'FAIL'}**",
+        "",
+        "## Artifacts",
+        "",
+    ]
+    lines += [f"- `{name}`: {what}" for name, what in report["artifacts"].items()]
+    latency = report.get("latency_ms")
+    if latency:
+        lines += ["", (f"ONNX Runtime latency per mesh ({latency['nodes']} nodes, {latency['threads']} "
+                       f"thread(s), median of {latency['runs']}): {latency['median']:.2f} ms.")]
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items() if k != "total")
+    lines += ["", f"Wall time {report['seconds']['total']:.0f} s ({steps}).", "", "![allocation](allocation.png)", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, report: dict[str, Any]) -> Path:
+    text = markdown(report)
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def plot_allocation(path: Path, pos: np.ndarray, bits: np.ndarray, error_amq: np.ndarray,
+                    error_uniform: np.ndarray, titles: tuple[str, str, str]) -> Path:
+    """Three panels over the mesh nodes: AMQ bits, |error| of AMQ, |error| of uniform (shared scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.tri import Triangulation
+
+    tri = Triangulation(pos[:, 0], pos[:, 1])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
+    options = np.unique(bits)
+    edges = np.concatenate([options - 0.5, [options[-1] + 0.5]])
+    cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0, 1, max(len(options), 2)))[: len(options)])
+    shaded = axes[0].tripcolor(tri, bits.astype(float), cmap=cmap, norm=BoundaryNorm(edges, cmap.N),
+                               shading="flat")
+    fig.colorbar(shaded, ax=axes[0], ticks=options, label="activation bits")
+    vmax = float(max(error_amq.max(initial=0.0), error_uniform.max(initial=0.0))) or 1.0
+    for ax, err in ((axes[1], error_amq), (axes[2], error_uniform)):
+        shaded = ax.tripcolor(tri, err, cmap="magma", vmin=0.0, vmax=vmax, shading="gouraud")
+    fig.colorbar(shaded, ax=axes[1:], label="|prediction - truth|")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    def write(fh: Any) -> None:
+        fig.savefig(fh, format="png", dpi=110)
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        plt.close(fig)
