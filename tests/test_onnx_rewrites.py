@@ -53,6 +53,35 @@ def test_fuse_leaves_a_gemm_with_zero_point_alone():
     assert changes == {} and "MatMulIntegerToFloat" not in {node.op_type for node in fused.graph.node}
 
 
-def test_onnx_target_has_no_rules():
-    model = _integer_gemm_graph()
-    assert apply_rules(model, "onnx") == (model, {})
+def test_onnx_rules_leave_the_integer_gemm_alone():
+    assert apply_rules(_integer_gemm_graph(), "onnx")[1] == {}
+
+
+def _scatter_graph(index_shape: list) -> onnx.ModelProto:
+    nodes = [h.make_node("Shape", ["u"], ["shape"]),
+             h.make_node("Expand", ["i", "shape"], ["ix"]),
+             h.make_node("ScatterElements", ["d", "ix", "u"], ["y"], axis=0, reduction="add"),
+             h.make_node("ScatterElements", ["d", "ix", "u"], ["y2"], axis=0, reduction="add")]  # shares the index
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("d", T.FLOAT, ["n", 3]),
+                                      h.make_tensor_value_info("i", T.INT64, index_shape),
+                                      h.make_tensor_value_info("u", T.FLOAT, ["e", 3])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["n", 3]),
+                          h.make_tensor_value_info("y2", T.FLOAT, ["n", 3])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+
+
+def test_scatter_add_rows_becomes_scatter_nd():
+    model = _scatter_graph(["e", 1])
+    rewritten, changes = apply_rules(model, "onnx")
+    assert changes["ScatterND"] == 2 and changes["ScatterElements"] == -2
+    rng = np.random.default_rng(0)
+    feeds = {"d": rng.random((4, 3), dtype=np.float32), "i": np.array([[0], [3], [0], [0], [2]]),
+             "u": rng.random((5, 3), dtype=np.float32)}  # repeated targets must all be summed
+    for ours, theirs in zip(ort.InferenceSession(rewritten.SerializeToString()).run(None, feeds),
+                            ort.InferenceSession(model.SerializeToString()).run(None, feeds), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_scatter_with_a_per_element_index_is_left_alone():
+    _, changes = apply_rules(_scatter_graph(["e", 3]), "onnx")
+    assert changes == {}

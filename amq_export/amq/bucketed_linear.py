@@ -25,10 +25,13 @@ from amq_export.errors import AMQError
 
 @torch.library.custom_op("amq::bucketed_linear", mutates_args=())
 def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-                    weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor) -> Tensor:
+                    weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor,
+                    clip: bool = True) -> Tensor:
     """``x`` [R, in] float, ``row_bucket`` [R] int64 in 0..K-1, per-bucket ``act_*`` [K] float,
     ``weight_int_t`` [in, out] int8 (the transposed integer weight), ``weight_scale`` [out] float,
-    ``weight_colsum`` [out] = ``weight_scale * sum_in W_int`` (for the zero points), ``bias`` [out] -> [R, out]."""
+    ``weight_colsum`` [out] = ``weight_scale * sum_in W_int`` (for the zero points), ``bias`` [out] -> [R, out].
+    ``clip=False`` promises that every bucket spans the whole uint8 range (8 bits), so saturating to
+    0..255 is the clamp and the lowered graph needs no clipping pass."""
     scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
     zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
     qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
@@ -41,7 +44,7 @@ def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_p
 
 @bucketed_linear.register_fake
 def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-      weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor) -> Tensor:
+      weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor, clip: bool = True) -> Tensor:
     return x.new_empty(x.shape[0], weight_int_t.shape[1])
 
 
@@ -77,6 +80,7 @@ class BucketedIntLinear(nn.Module):
         self.register_buffer("act_scale", stack(p.scale for p in params))
         self.register_buffer("act_zero_point", stack(p.zero_point for p in params))
         self.register_buffer("act_qmax", stack(p.qmax for p in params))
+        self.clip = bool((self.act_qmax < 255).any())
         weight_int = weight.int_weight.round().to(torch.int8)
         weight_scale = weight.scale.reshape(-1).float().expand(self.out_features).clone()
         self.register_buffer("weight_int_t", weight_int.t().contiguous())
@@ -91,7 +95,7 @@ class BucketedIntLinear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         y = torch.ops.amq.bucketed_linear(rows, self.buckets[self.domain], self.act_scale, self.act_zero_point,
                                           self.act_qmax, self.weight_int_t, self.weight_scale, self.weight_colsum,
-                                          self.bias)
+                                          self.bias, self.clip)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

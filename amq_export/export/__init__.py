@@ -26,6 +26,7 @@ from amq_export.amq.model import AMQModel
 from amq_export.errors import AMQError
 from amq_export.export.onnx_export import read_meta, to_onnx
 from amq_export.safe_io import atomic_write
+from passes.onnx import apply_rules
 
 TARGETS = ("onnx", "ort", "trt")
 
@@ -78,10 +79,10 @@ def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, targ
     meta = deployment_meta(qmodel, qmodel.main, normalizer, budget)
     meta.update({"mode": module.mode, "sort_rows": module.sort_rows})
     model = to_onnx(module, module.example_inputs(example, meta["budget"]), ["pred", "node_bits"], meta)
+    model, rewrites = apply_rules(model, "onnx")
     _save(model, path)
-    result = ExportResult(target, path, meta=meta)
+    result = ExportResult(target, path, rewrites=rewrites, meta=meta)
     if target == "ort":
-        from passes.onnx import apply_rules
         from runtimes.onnxruntime import save_optimized
 
         fused, result.rewrites = apply_rules(model, "ort")
@@ -109,9 +110,9 @@ def export_float(model: nn.Module, path: str | os.PathLike[str], *, example: Any
     args = tuple(getattr(example, name) if name in names else None
                  for name in ("x", "pos", "edge_index", "node_type", "variables"))
     meta = deployment_meta(None, model, normalizer)
-    onnx_model = to_onnx(_FloatModule(model.eval()), args, ["pred"], meta)
+    onnx_model, rewrites = apply_rules(to_onnx(_FloatModule(model.eval()), args, ["pred"], meta), "onnx")
     _save(onnx_model, path)
-    return ExportResult("onnx", path, meta=meta)
+    return ExportResult("onnx", path, rewrites=rewrites, meta=meta)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

@@ -8,8 +8,10 @@ import onnx
 from onnxscript.rewriter import rewrite
 
 from passes.onnx.fuse_matmul_integer_to_float import RULE as FUSE_MATMUL_INTEGER_TO_FLOAT
+from passes.onnx.scatter_add_rows import RULE as SCATTER_ADD_ROWS
 
-RULES_BY_TARGET = {"onnx": [], "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT]}
+# Every artifact (float ones too, so that comparisons stay fair) gets the "onnx" rules.
+RULES_BY_TARGET = {"onnx": [SCATTER_ADD_ROWS], "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT]}
 
 
 def apply_rules(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto, dict[str, int]]:

@@ -1,0 +1,303 @@
+"""ONNX Runtime latency of exported MP-PDE models on one large mesh: float, uniform int8 and AMQ.
+
+Three artifacts from the same seeded float weights (``darcy_config("mppde")``):
+
+- ``float``: ``export_float``, the plain .onnx;
+- ``uniform_int8``: ``quantize`` with ``AMQConfig(budget=8.0, bits=(8,))``, ``export(target="ort")``,
+  the optimized ``.ort.onnx`` (``MatMulIntegerToFloat`` kernels);
+- ``amq``: ``AMQConfig(budget=5.0, bits=(4, 8))``, the same, run at budget 5.
+
+The quantized models are calibrated on a few small generated Darcy meshes and not fine-tuned: this
+benchmark measures speed only; accuracy is not its concern (the weights are untrained).
+
+The timed mesh is a triangulated grid (default 224 x 224 = 50,176 nodes) with a Darcy coefficient
+field as input. For each thread count (``--threads``), one ONNX Runtime session per model, 3 warm-up
+runs each, then ``--runs`` timed runs (``time.perf_counter`` around ``run_feeds`` on pre-built feeds)
+interleaved round-robin over the models, so that machine noise hits all of them alike. Reported:
+median, p10 and p90 in ms. Peak memory: one fresh subprocess per (model, threads) builds the session
+and runs it a few times; ``peak_mb`` is its absolute peak RSS, ``base_mb`` the peak RSS before the
+session was created (Python, torch, the feeds), so ``peak_mb - base_mb`` is the model's own share.
+The peak is the process's ``VmHWM`` (Linux): ``getrusage(RUSAGE_SELF).ru_maxrss`` is carried over
+from the parent through fork + exec, so in a child of this (large) process it reports the parent's
+peak; ``ru_maxrss`` is used only where ``/proc`` is missing.
+
+Targets: AMQ latency at most 0.7x float and at most 1.15x uniform int8, at every thread count.
+The footer prints MET / NOT MET for each from the measured numbers.
+
+Prints a table and writes benchmarks/results/latency.json: a list of rows {model, threads, nodes,
+edges, median_ms, p10_ms, p90_ms, runs, peak_mb, base_mb, ratio_vs_float, ratio_vs_uniform_int8,
+mean_node_bits, commit}.
+
+    python benchmarks/latency.py                  # the benchmark: 50,176 nodes, 1 and 2 threads, 20 runs
+    python benchmarks/latency.py --resolution 48 --runs 3 --out /tmp/latency.json --profile   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from _common import RESULTS, commit, print_table, write_json
+
+if TYPE_CHECKING:
+    from amq_export.data.normalizer import Normalizer
+
+MODELS = ("float", "uniform_int8", "amq")
+CONFIGS = {"uniform_int8": {"budget": 8.0, "bits": (8,)}, "amq": {"budget": 5.0, "bits": (4, 8)}}
+MESH_FIELDS = ("x", "pos", "edge_index", "node_type")
+WARMUP = 3
+MIN_RUNS = 20
+MIN_NODES = 50_000
+TARGETS = (("float", 0.7), ("uniform_int8", 1.15))  # AMQ median at most this times the model's
+
+
+def build_artifacts(workdir: Path, calib_resolution: int, n_calib: int,
+                    seed: int) -> tuple[dict[str, Path], Normalizer]:
+    """Export the three models into ``workdir``: ({model: artifact path}, the calibration normaliser)."""
+    import torch
+
+    from amq_export.amq.config import AMQConfig
+    from amq_export.api import quantize
+    from amq_export.data.datasets import load_mesh_dataset
+    from amq_export.export import export, export_float
+    from amq_export.models import build_model
+    from amq_export.models.presets import darcy_config
+
+    data = load_mesh_dataset("darcy", resolution=calib_resolution, n_train=n_calib + 1, n_val=1, n_test=1,
+                             seed=seed, cache_dir=workdir / "cache")
+    example = data.test[0]  # traced with a small mesh; the graphs take any size
+    torch.manual_seed(seed)
+    model = build_model("mppde", darcy_config("mppde")).eval()
+    paths = {"float": export_float(model, workdir / "float.onnx", example=example).path}
+    for name, overrides in CONFIGS.items():
+        qmodel = quantize(copy.deepcopy(model), AMQConfig(**overrides), calibration=data.train).eval()
+        result = export(qmodel, workdir / f"{name}.onnx", example=example, target="ort")
+        if result.optimized_path is None:
+            raise RuntimeError(f"export(target='ort') gave no optimized artifact for {name}")
+        paths[name] = result.optimized_path
+    return paths, data.normalizer
+
+
+def bench_mesh(resolution: int, normalizer: Normalizer, seed: int) -> dict[str, np.ndarray]:
+    """Arrays of a resolution x resolution triangulated grid with a (normalised) Darcy coefficient field."""
+    from amq_export.data.darcy import darcy_coefficients
+    from amq_export.data.mesh import mesh_from_grid
+
+    mesh = mesh_from_grid(darcy_coefficients(1, resolution, seed=seed + 1000)[0])
+    mesh.x = normalizer.apply(mesh.x, "x")
+    return {name: getattr(mesh, name).numpy() for name in MESH_FIELDS}
+
+
+def budget_of(model: str) -> float | None:
+    """The budget input a model runs at (None: the float graph has none)."""
+    return CONFIGS[model]["budget"] if model in CONFIGS else None
+
+
+def percentile(times: list[float], q: int) -> float:
+    """``q``-th percentile (q a multiple of 10) by linear interpolation between the sorted values."""
+    if len(times) == 1:
+        return times[0]
+    return statistics.quantiles(times, n=10, method="inclusive")[q // 10 - 1]
+
+
+def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: int,
+                runs: int) -> dict[str, dict[str, Any]]:
+    """Median / p10 / p90 ms of every model at ``threads``, timed runs interleaved round-robin."""
+    from runtimes.onnxruntime import OrtModel
+
+    mesh = SimpleNamespace(**arrays)
+    sessions = {name: OrtModel(path, threads=threads) for name, path in paths.items()}
+    feeds = {name: s.feeds(mesh, budget_of(name)) for name, s in sessions.items()}
+    outputs = {}
+    for name, session in sessions.items():
+        for _ in range(WARMUP):
+            outputs[name] = session.run_feeds(feeds[name])
+    times: dict[str, list[float]] = defaultdict(list)
+    names = list(sessions)
+    for i in range(runs):
+        for k in range(len(names)):  # rotate the order so no model always follows the same one
+            name = names[(i + k) % len(names)]
+            session, feed = sessions[name], feeds[name]
+            start = time.perf_counter()
+            session.run_feeds(feed)
+            times[name].append(time.perf_counter() - start)
+    stats = {}
+    for name in names:
+        ms = [t * 1e3 for t in times[name]]
+        bits = outputs[name].get("node_bits")
+        stats[name] = {"median_ms": statistics.median(ms), "p10_ms": percentile(ms, 10),
+                       "p90_ms": percentile(ms, 90),
+                       "mean_node_bits": float(bits.mean()) if bits is not None and bits.size else None}
+    return stats
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB: ``VmHWM`` (its own address space), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def peak_child(args: argparse.Namespace) -> dict[str, float]:
+    """In a fresh process: peak RSS before and after building the session and running it a few times."""
+    from runtimes.onnxruntime import OrtModel
+
+    with np.load(args.feeds_file) as blob:
+        mesh = SimpleNamespace(**{name: blob[name] for name in blob.files})
+    base = peak_rss_mb()
+    session = OrtModel(args.artifact, threads=args.peak_threads)
+    feeds = session.feeds(mesh, budget_of(args.peak_only))
+    for _ in range(WARMUP):
+        session.run_feeds(feeds)
+    return {"base_mb": base, "peak_mb": peak_rss_mb()}
+
+
+def peak_memory(model: str, artifact: Path, feeds_file: Path, threads: int) -> dict[str, float]:
+    """``peak_child`` in a fresh interpreter (this script again, with --peak-only)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--peak-only", model, "--artifact", str(artifact),
+           "--feeds-file", str(feeds_file), "--peak-threads", str(threads)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: int, workdir: Path,
+                  top: int = 15) -> None:
+    """ONNX Runtime's profiler on one graph at 1 thread: the op types that cost the most kernel time."""
+    import onnxruntime as ort
+
+    from runtimes.onnxruntime import OrtModel
+    from runtimes.onnxruntime.session import session_options
+
+    model = OrtModel(path, threads=1)  # only for its feeds (input names, dtypes, budget)
+    feeds = model.feeds(SimpleNamespace(**arrays), budget_of(name))
+    del model
+    options = session_options(1, "all")
+    options.enable_profiling = True
+    options.profile_file_prefix = str(workdir / f"{name}_profile")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(WARMUP + runs):
+        session.run(None, feeds)
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in trace:
+        op = event.get("args", {}).get("op_name")
+        if event.get("cat") == "Node" and op and event.get("name", "").endswith("_kernel_time"):
+            per_op[op][0] += event["dur"]
+            per_op[op][1] += 1
+    total = sum(us for us, _ in per_op.values()) or 1.0
+    calls = WARMUP + runs
+    rows = [{"op": op, "ms_per_run": us / 1e3 / calls, "share_%": 100 * us / total, "nodes": n // calls}
+            for op, (us, n) in sorted(per_op.items(), key=lambda kv: -kv[1][0])[:top]]
+    title = (f"{name}, 1 thread: top {top} op types by kernel time\n({calls} runs incl. warm-up, "
+             f"{total / 1e3 / calls:.2f} ms of kernels per run)")
+    print_table(title, rows, ["op", "ms_per_run", "share_%", "nodes"])
+
+
+def targets_footer(rows: list[dict[str, Any]], threads: list[int]) -> list[str]:
+    """One MET / NOT MET line per (target, thread count), from the measured ratios."""
+    lines = []
+    by = {(r["model"], r["threads"]): r for r in rows}
+    for base, limit in TARGETS:
+        for t in threads:
+            ratio = by["amq", t][f"ratio_vs_{base}"]
+            verdict = "MET" if ratio <= limit else "NOT MET"
+            lines.append(f"target AMQ <= {limit:g}x {base} at {t} thread(s): {ratio:.3f}x -> {verdict}")
+    return lines
+
+
+def main() -> None:
+    """Export, time, measure memory, print, write JSON (or, with --peak-only, one memory probe)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=224,
+                        help="grid side of the timed mesh (224: 50,176 nodes)")
+    parser.add_argument("--nodes", type=int,
+                        help="instead of --resolution: the smallest square grid with >= this many nodes")
+    parser.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op thread counts")
+    parser.add_argument("--runs", type=int, default=MIN_RUNS,
+                        help=f"timed runs per (model, threads), after {WARMUP} warm-up runs")
+    parser.add_argument("--calib-resolution", type=int, default=32)
+    parser.add_argument("--calib-meshes", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="also run ONNX Runtime's profiler on the AMQ graph at 1 thread (top op types)")
+    parser.add_argument("--profile-models", default="amq", help="with --profile: which models to profile")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the artifacts here (default: a temporary directory)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
+    parser.add_argument("--peak-only", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--feeds-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--peak-threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak_only:
+        print(json.dumps(peak_child(args)))
+        return
+    resolution = max(3, math.ceil(math.sqrt(args.nodes))) if args.nodes else args.resolution
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.runs < 2:
+        parser.error("--runs must be at least 2 (p10 / p90 need two)")
+    if unknown := set(args.profile_models.split(",")) - set(MODELS):
+        parser.error(f"--profile-models: unknown {sorted(unknown)}; choose from {', '.join(MODELS)}")
+
+    with tempfile.TemporaryDirectory(prefix="amq-latency-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        paths, normalizer = build_artifacts(workdir, args.calib_resolution, args.calib_meshes, args.seed)
+        arrays = bench_mesh(resolution, normalizer, args.seed)
+        nodes, edges = arrays["x"].shape[0], arrays["edge_index"].shape[1]
+        feeds_file = workdir / "mesh.npz"
+        np.savez(feeds_file, **arrays)
+        print(f"exported {', '.join(MODELS)} in {time.perf_counter() - start:.1f}s; timing on {nodes:,} "
+              f"nodes, {edges:,} edges; {args.runs} runs after {WARMUP} warm-up, round-robin")
+
+        rev = commit()
+        rows = []
+        for t in threads:
+            stats = time_models(paths, arrays, t, args.runs)
+            for name in MODELS:
+                memory = peak_memory(name, paths[name], feeds_file, t)
+                rows.append({"model": name, "threads": t, "nodes": nodes, "edges": edges,
+                             **{k: round(v, 3) for k, v in stats[name].items() if k != "mean_node_bits"},
+                             "runs": args.runs, "peak_mb": round(memory["peak_mb"], 1),
+                             "base_mb": round(memory["base_mb"], 1),
+                             "mean_node_bits": stats[name]["mean_node_bits"], "commit": rev})
+        for row in rows:
+            ref = {r["model"]: r["median_ms"] for r in rows if r["threads"] == row["threads"]}
+            row["ratio_vs_float"] = round(row["median_ms"] / ref["float"], 3)
+            row["ratio_vs_uniform_int8"] = round(row["median_ms"] / ref["uniform_int8"], 3)
+
+        print_table(f"ONNX Runtime latency, MP-PDE, {nodes:,} nodes ({resolution}x{resolution} grid)", rows,
+                    ["model", "threads", "nodes", "median_ms", "p10_ms", "p90_ms", "peak_mb", "base_mb",
+                     "ratio_vs_float", "ratio_vs_uniform_int8"])
+        for line in targets_footer(rows, threads):
+            print(line)
+        if nodes < MIN_NODES or args.runs < MIN_RUNS:
+            print(f"note: {nodes:,} nodes, {args.runs} runs: below the benchmark's {MIN_NODES:,} nodes / "
+                  f"{MIN_RUNS} runs, a smoke test only")
+        write_json(args.out, rows)
+        print(f"wrote {args.out}")
+        if args.profile:
+            for name in args.profile_models.split(","):
+                profile_model(name, paths[name], arrays, args.runs, workdir)
+
+
+if __name__ == "__main__":
+    main()
