@@ -5,6 +5,7 @@ Pipeline: models -> passes -> QAT -> export -> runtimes. The public entry points
     qmodel = amq_export.quantize(model, amq_export.AMQConfig(budget=4.0), calibration=meshes)
     amq_export.finetune(qmodel, train, val, normalizer=norm, epochs=3)
     amq_export.evaluate(qmodel, test, normalizer=norm, mode="aux")
+    amq_export.export(qmodel, "model.onnx", example=test[0], target="ort")
 
 The quantization API is imported lazily (it pulls in Brevitas), so the CLI starts fast.
 """
@@ -16,7 +17,7 @@ from amq_export.errors import AMQError
 
 __version__ = "0.1.0"
 
-_LAZY = {"AMQConfig", "AMQModel", "quantize", "finetune", "evaluate", "save_quantized", "load_quantized",
+_LAZY = {"AMQConfig", "AMQModel", "quantize", "finetune", "evaluate", "export", "save_quantized", "load_quantized",
          "assign_layerwise_bits", "calibrate"}
 
 
@@ -30,6 +31,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [  # noqa: RUF022 (eager names, then the lazy API)
     "AMQError", "Checkpoint", "load_checkpoint", "load_model", "save_checkpoint", "__version__",
-    "AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "evaluate", "finetune", "load_quantized",
+    "AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "evaluate", "export", "finetune", "load_quantized",
     "quantize", "save_quantized",
 ]

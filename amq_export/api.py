@@ -27,8 +27,16 @@ QUANTIZED_FORMAT = "amq-export/quantized"
 QUANTIZED_VERSION = 1
 logger = logging.getLogger("amq_export")
 
-__all__ = ["AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "evaluate", "finetune",
+__all__ = ["AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "evaluate", "export", "finetune",
            "load_quantized", "quantize", "save_quantized"]
+
+
+def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, target: str = "onnx", **options: Any):
+    """Export ``qmodel`` for ``target`` (``onnx`` | ``ort``) to ``path``, tracing with one ``example`` mesh;
+    see :func:`amq_export.exporter.export` for the options. Returns an ``ExportResult``."""
+    from amq_export.exporter import export as export_artifact
+
+    return export_artifact(qmodel, path, example=example, target=target, **options)
 
 
 def quantize(model: nn.Module, config: AMQConfig | None = None, *, calibration: Sequence[Any] | None = None,

@@ -89,7 +89,7 @@ def _eval_onnx(args: argparse.Namespace, path: Path) -> None:
     import numpy as np
 
     from amq_export.data.normalizer import Normalizer
-    from amq_export.export import artifact_cost
+    from amq_export.exporter import artifact_cost
     from amq_export.metrics import mesh_relative_l2
     from amq_export.progress import progress_bar
     from runtimes.onnxruntime import OrtModel

@@ -51,7 +51,7 @@ class ExportJob:
 
 def _check(job: ExportJob) -> AMQConfig:
     """Every argument checked before any work is done (the error names the flag to fix)."""
-    from amq_export.export import check_target
+    from amq_export.exporter import check_target
 
     check_target(job.target)
     bits = validate_bits(job.bits) if job.bits is not None else None
@@ -130,7 +130,7 @@ def run(job: ExportJob) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         with console.status(f"exporting for {job.target}"):
-            from amq_export.export import export
+            from amq_export.exporter import export
 
             exported = export(qmodel, stage / "model.onnx", example=test[0], target=job.target,
                               normalizer=normalizer.to_dict(), budget=job.budget)
@@ -177,7 +177,7 @@ def run(job: ExportJob) -> dict[str, Any]:
 
 def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget: float) -> dict[str, Any]:
     """Run the artifact in ONNX Runtime on every test mesh: parity with PyTorch, error, b_eff, latency."""
-    from amq_export.export import artifact_cost
+    from amq_export.exporter import artifact_cost
     from amq_export.metrics import mesh_relative_l2
     from amq_export.progress import progress_bar
     from runtimes.onnxruntime import OrtModel, parity

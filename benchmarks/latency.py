@@ -72,7 +72,7 @@ def build_artifacts(workdir: Path, calib_resolution: int, n_calib: int,
     from amq_export.amq.config import AMQConfig
     from amq_export.api import quantize
     from amq_export.data.datasets import load_mesh_dataset
-    from amq_export.export import export, export_float
+    from amq_export.exporter import export, export_float
     from amq_export.models import build_model
     from amq_export.models.presets import darcy_config
 

@@ -17,8 +17,8 @@ from amq_export.api import quantize
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.mesh_data import MeshData
 from amq_export.errors import AMQError
-from amq_export.export import export, export_float
-from amq_export.export.onnx_export import read_meta
+from amq_export.exporter import export, export_float
+from amq_export.exporter.onnx_export import read_meta
 from amq_export.models import build_model
 from amq_export.models.presets import darcy_config
 from runtimes.onnxruntime import OrtModel, parity

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from amq_export.errors import AMQError
-from amq_export.export.onnx_lowering import OPSET, translation_table
+from amq_export.exporter.onnx_lowering import OPSET, translation_table
 
 META_KEY = "amq.meta"
 

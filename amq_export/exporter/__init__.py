@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from amq_export.amq.inference_model import AMQInferenceModel, input_names
 from amq_export.amq.model import AMQModel
 from amq_export.errors import AMQError
-from amq_export.export.onnx_export import read_meta, to_onnx
+from amq_export.exporter.onnx_export import read_meta, to_onnx
 from amq_export.safe_io import atomic_write
 from passes.onnx import apply_rules
 
