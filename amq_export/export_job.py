@@ -177,19 +177,25 @@ def run(job: ExportJob) -> dict[str, Any]:
 
 def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget: float) -> dict[str, Any]:
     """Run the artifact in ONNX Runtime on every test mesh: parity with PyTorch, error, b_eff, latency."""
+    from amq_export.amq.inference_model import AMQInferenceModel
     from amq_export.exporter import artifact_cost
     from amq_export.metrics import mesh_relative_l2
     from amq_export.progress import progress_bar
     from runtimes.onnxruntime import OrtModel, parity
 
     runner = OrtModel(exported.optimized_path or exported.path)
-    pairs, errors, b_effs, times = [], [], [], []
+    # The same integer arithmetic in PyTorch: its distance from the fake-quantized model is the floor
+    # that float rounding alone sets (a one-ulp difference flips a rounding, deep 4-bit nets amplify it).
+    integer_torch = AMQInferenceModel(qmodel, sort_rows=False)
+    pairs, floor_pairs, errors, b_effs, times = [], [], [], [], []
     first_bits = None
     with progress_bar() as bar:
         task = bar.add_task("verifying in ONNX Runtime", total=len(test), info="")
         for mesh in test:
             with torch.no_grad():
                 ref = qmodel(mesh, budget=budget, mode="aux")
+                floor_pred, _ = integer_torch(*integer_torch.example_inputs(mesh, budget))
+            floor_pairs.append((ref.pred.numpy(), floor_pred.numpy(), None, None))
             feeds = runner.feeds(mesh, budget)
             t0 = time.perf_counter()
             out = runner.run_feeds(feeds)
@@ -201,6 +207,7 @@ def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget
             bar.update(task, advance=1)
     result = parity(pairs)
     result["pass"] = bool(result["bits_agreement"] >= PARITY_BITS and result["rel_l2"] <= PARITY_REL_L2)
+    result["rounding_floor_rel_l2"] = parity(floor_pairs)["rel_l2"]
     latency = {"median": 1e3 * float(np.median(times[1:] or times)), "runs": max(len(times) - 1, 1),
                "nodes": int(test[0].num_nodes), "threads": "default"}
     return {"parity": result, "rel_l2": float(np.mean(errors)), "b_eff": float(np.mean(b_effs)),
