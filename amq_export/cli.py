@@ -84,14 +84,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def _eval_onnx(args: argparse.Namespace, path: Path) -> None:
     """Run an exported model over a dataset's test split in ONNX Runtime: error, measured b_eff, latency."""
-    import time
-
     import numpy as np
 
     from amq_export.data.normalizer import Normalizer
-    from amq_export.exporter import artifact_cost
-    from amq_export.metrics import mesh_relative_l2
-    from amq_export.progress import progress_bar
+    from amq_export.exporter import run_artifact
     from runtimes.onnxruntime import OrtModel
 
     runner = OrtModel(path, threads=args.threads)
@@ -109,18 +105,8 @@ def _eval_onnx(args: argparse.Namespace, path: Path) -> None:
     if mesh.x.shape[-1] != meta["config"]["in_features"]:
         raise AMQError(f"data {args.data!r} has {mesh.x.shape[-1]} input features but the model reads "
                        f"{meta['config']['in_features']}: pass the data the model was trained on")
-    errors, b_effs, times = [], [], []
-    with progress_bar() as bar:
-        task = bar.add_task(f"ONNX Runtime: {path.name}", total=len(dataset.test), info="")
-        for mesh in dataset.test:
-            feeds = runner.feeds(mesh, budget)
-            t0 = time.perf_counter()
-            out = runner.run_feeds(feeds)
-            times.append(time.perf_counter() - t0)
-            errors.append(mesh_relative_l2(torch.from_numpy(out["pred"]), mesh, normalizer))
-            if "node_bits" in out:
-                b_effs.append(artifact_cost(meta, out["node_bits"], mesh.edge_index)["b_eff"])
-            bar.update(task, advance=1)
+    run = run_artifact(runner, list(dataset.test), normalizer, budget, f"ONNX Runtime: {path.name}")
+    errors, b_effs, times = run.rel_l2, run.b_eff, run.seconds
     result = {"model": str(path), "rel_l2": float(np.mean(errors)), "samples": len(errors),
               "budget": budget if "node_bits" in runner.output_names else None,
               "b_eff": float(np.mean(b_effs)) if b_effs else None, "b_eff_max": max(b_effs) if b_effs else None,

@@ -87,6 +87,7 @@ def _check_data(dataset: Any, config: dict[str, Any], data: str) -> None:
 
 def run(job: ExportJob) -> dict[str, Any]:
     """Run the whole job; returns the report (also written to ``report.json`` in the output directory)."""
+    from amq_export.amq.inference_model import input_names
     from amq_export.api import evaluate, finetune, quantize
     from amq_export.checkpoint import load_checkpoint
     from amq_export.data.datasets import load_mesh_dataset
@@ -99,9 +100,8 @@ def run(job: ExportJob) -> dict[str, Any]:
     stage = _staging_dir(job.out_dir)
     try:
         ckpt = load_checkpoint(job.model)
-        if ckpt.arch != "mppde":
-            raise AMQError(f"{job.model}: export of {ckpt.arch} models is not supported yet (MP-PDE is)")
         float_model = ckpt.build_model()
+        input_names(float_model)  # fails now, before QAT, for an architecture that cannot be exported yet
         task = dict(ckpt.task)
         with console.status("loading data"):
             extra = {"keep_fraction": task["keep_fraction"]} if task.get("keep_fraction") else {}
@@ -178,49 +178,39 @@ def run(job: ExportJob) -> dict[str, Any]:
 def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget: float) -> dict[str, Any]:
     """Run the artifact in ONNX Runtime on every test mesh: parity with PyTorch, error, b_eff, latency."""
     from amq_export.amq.inference_model import AMQInferenceModel
-    from amq_export.exporter import artifact_cost
-    from amq_export.metrics import mesh_relative_l2
-    from amq_export.progress import progress_bar
+    from amq_export.exporter import run_artifact
     from runtimes.onnxruntime import OrtModel, parity
 
     runner = OrtModel(exported.optimized_path or exported.path)
     # The same integer arithmetic in PyTorch: its distance from the fake-quantized model is the floor
     # that float rounding alone sets (a one-ulp difference flips a rounding, deep 4-bit nets amplify it).
     integer_torch = AMQInferenceModel(qmodel, sort_rows=False)
-    pairs, floor_pairs, errors, b_effs, times = [], [], [], [], []
-    first_bits = None
-    with progress_bar() as bar:
-        task = bar.add_task("verifying in ONNX Runtime", total=len(test), info="")
-        for mesh in test:
-            with torch.no_grad():
-                ref = qmodel(mesh, budget=budget, mode="aux")
-                floor_pred, _ = integer_torch(*integer_torch.example_inputs(mesh, budget))
-            floor_pairs.append((ref.pred.numpy(), floor_pred.numpy(), None, None))
-            feeds = runner.feeds(mesh, budget)
-            t0 = time.perf_counter()
-            out = runner.run_feeds(feeds)
-            times.append(time.perf_counter() - t0)
-            pairs.append((ref.pred.numpy(), out["pred"], ref.node_bits.numpy(), out["node_bits"]))
-            errors.append(mesh_relative_l2(torch.from_numpy(out["pred"]), mesh, normalizer))
-            b_effs.append(artifact_cost(exported.meta, out["node_bits"], mesh.edge_index)["b_eff"])
-            first_bits = out["node_bits"] if first_bits is None else first_bits
-            bar.update(task, advance=1)
+    run = run_artifact(runner, test, normalizer, budget, "verifying in ONNX Runtime")
+    pairs, floor_pairs = [], []
+    for mesh, out in zip(test, run.outputs, strict=True):
+        with torch.no_grad():
+            ref = qmodel(mesh, budget=budget, mode="aux")
+            floor_pred, _ = integer_torch(*integer_torch.example_inputs(mesh, budget))
+        floor_pairs.append((ref.pred.numpy(), floor_pred.numpy(), None, None))
+        pairs.append((ref.pred.numpy(), out["pred"], ref.node_bits.numpy(), out["node_bits"]))
+    times = run.seconds
     result = parity(pairs)
     result["pass"] = bool(result["bits_agreement"] >= PARITY_BITS and result["rel_l2"] <= PARITY_REL_L2)
     result["rounding_floor_rel_l2"] = parity(floor_pairs)["rel_l2"]
     latency = {"median": 1e3 * float(np.median(times[1:] or times)), "runs": max(len(times) - 1, 1),
                "nodes": int(test[0].num_nodes), "threads": "default"}
-    return {"parity": result, "rel_l2": float(np.mean(errors)), "b_eff": float(np.mean(b_effs)),
-            "b_eff_max": float(np.max(b_effs)), "latency": latency, "node_bits_first": first_bits}
+    return {"parity": result, "rel_l2": float(np.mean(run.rel_l2)), "b_eff": float(np.mean(run.b_eff)),
+            "b_eff_max": float(np.max(run.b_eff)), "latency": latency, "node_bits_first": run.outputs[0]["node_bits"]}
 
 
 def _float_gbops(qmodel: Any, meshes: list[Any]) -> float:
-    """BOPs of the float model (every Linear at 16 x 16 bits), per mesh, for scale."""
-    total = 0.0
-    for mesh in meshes:
-        rows = {"node": mesh.num_nodes, "edge": mesh.edge_index.shape[1], "cluster": mesh.num_clusters}
-        total += sum(layer.macs_per_row * rows[layer.domain] for layer in qmodel.layers) * 256
-        total += sum(i * o * rows[d] for _, d, i, o in qmodel.float_layers) * 256
+    """BOPs of the float model (every Linear at 16 x 16 bits, as the cost model counts float layers), per mesh."""
+    from amq_export.amq.cost import bops
+
+    every_layer = [(layer.name, layer.domain, layer.in_features, layer.out_features) for layer in qmodel.layers]
+    every_layer += list(qmodel.float_layers)
+    total = sum(bops([], {}, every_layer, rows={"node": mesh.num_nodes, "edge": mesh.edge_index.shape[1],
+                                                "cluster": mesh.num_clusters})["float_bops"] for mesh in meshes)
     return total / len(meshes) / 1e9
 
 

@@ -18,10 +18,9 @@ from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.mesh_data import MeshData
 from amq_export.errors import AMQError
 from amq_export.exporter import export, export_float
-from amq_export.exporter.onnx_export import read_meta
 from amq_export.models import build_model
 from amq_export.models.presets import darcy_config
-from runtimes.onnxruntime import OrtModel, parity
+from runtimes.onnxruntime import OrtModel, parity, read_meta
 
 TINY = {"budget": 4.0, "aux_hidden": 4, "aux_layers": 1}
 

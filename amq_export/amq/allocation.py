@@ -245,7 +245,10 @@ def node_item_costs(node_macs_per_row: float, edge_macs_per_row: float, edge_ind
     ``c_i = (node_macs_per_row + in_degree_i * edge_macs_per_row) * weight_bits``, where the MACs per
     row are summed over the quantized layers of each domain.
     """
-    in_degree = torch.bincount(edge_index[1], minlength=num_nodes).to(torch.float64)
+    target = edge_index[1]
+    # index_add rather than bincount: no output shape depends on values, so graphs can trace it
+    in_degree = torch.zeros(num_nodes, dtype=torch.float64, device=target.device).index_add(
+        0, target, torch.ones(target.shape[0], dtype=torch.float64, device=target.device))
     return (node_macs_per_row + in_degree * edge_macs_per_row) * weight_bits
 
 

@@ -134,8 +134,8 @@ class AuxiliaryGNN(nn.Module):
         graphs = int(batch.max()) + 1 if batch is not None and batch.numel() else 1
         cluster_index = getattr(data, "cluster_index", None)
         clusters = int(cluster_index[1].max()) + 1 if cluster_index is not None and cluster_index.numel() else 0
-        rows = {"node": data.num_nodes, "edge": data.edge_index.shape[1], "graph": graphs, "cluster": clusters}
-        return sum(rows[kind] * macs for kind, macs in self.macs_per_row().items())
+        return macs_from_rows(self.macs_per_row(), nodes=data.num_nodes, edges=data.edge_index.shape[1],
+                              graphs=graphs, clusters=clusters)
 
     def macs_per_row(self) -> dict[str, int]:
         """MACs per node, edge, graph and cluster row: ``in x out`` summed over the Linears of each kind
@@ -146,6 +146,13 @@ class AuxiliaryGNN(nn.Module):
         node = self.encoder.in_features * h + len(self.layers) * per_layer_node + head
         return {"node": node, "edge": len(self.layers) * sd * h, "graph": len(self.layers) * h * h,
                 "cluster": head if self.cluster_head is not None else 0}
+
+
+def macs_from_rows(macs_per_row: dict[str, int], *, nodes: Any, edges: Any, graphs: Any = 1, clusters: Any = 0) -> Any:
+    """MACs of one auxiliary forward from :meth:`AuxiliaryGNN.macs_per_row` and the row counts (ints,
+    or symbolic sizes inside a traced graph)."""
+    rows = {"node": nodes, "edge": edges, "graph": graphs, "cluster": clusters}
+    return sum(rows[kind] * macs for kind, macs in macs_per_row.items())
 
 
 def regression_loss(pred_log: Tensor, target_sens: Tensor, eps: float = 1e-3) -> Tensor:

@@ -27,14 +27,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from amq_export.amq.allocation import allocate_levels_traceable
+from amq_export.amq.allocation import allocate_levels_traceable, edge_bits, node_item_costs
+from amq_export.amq.auxiliary import macs_from_rows
 from amq_export.amq.bucketed_linear import BucketedIntLinear
-from amq_export.amq.cost import AUX_BITS
+from amq_export.amq.cost import aux_bops
 from amq_export.amq.model import AMQModel
 from amq_export.amq.quant_linear import AdaptiveQuantLinear
 from amq_export.errors import AMQError
 
 EXPORT_MODES = ("aux", "uniform")
+
+
+MESH_INPUTS = ("x", "pos", "edge_index", "node_type", "variables")
+
+
+def mesh_inputs(mesh: Any, names: list[str]) -> tuple[Tensor | None, ...]:
+    """The mesh fields of ``MESH_INPUTS`` order as the deployed model takes them (``None`` where not in ``names``)."""
+    integer = {"edge_index", "node_type"}
+    return tuple(None if name not in names else getattr(mesh, name).long() if name in integer
+                 else getattr(mesh, name).float() for name in MESH_INPUTS)
 
 
 def input_names(main: nn.Module) -> list[str]:
@@ -87,12 +98,12 @@ class AMQInferenceModel(nn.Module):
             variables = variables.index_select(0, perm) if variables is not None else None
             edge_index = inverse.index_select(0, edge_index.reshape(-1)).reshape(2, -1)
             node_levels = levels.index_select(0, perm)
-            edge_levels = self._edge_levels(node_levels, edge_index)
+            edge_levels = edge_bits(node_levels, edge_index, self.edge_rule)
             edge_order = torch.sort(edge_levels, stable=True).indices
             edge_index = edge_index.index_select(1, edge_order)
             edge_levels = edge_levels.index_select(0, edge_order)
         else:
-            node_levels, edge_levels = levels, self._edge_levels(levels, edge_index)
+            node_levels, edge_levels = levels, edge_bits(levels, edge_index, self.edge_rule)
         self.buckets["node"], self.buckets["edge"] = node_levels, edge_levels
         pred = self.main.forward_tensors(x, pos, edge_index, None, variables, node_type)
         if self.sort_rows:
@@ -107,31 +118,18 @@ class AMQInferenceModel(nn.Module):
             return torch.zeros(n, dtype=torch.int64, device=x.device)
         if budget is None:
             raise AMQError("the deployed model needs a budget input")
-        dst = edge_index[1]
-        in_degree = torch.zeros(n, dtype=torch.float64, device=x.device).index_add(
-            0, dst, torch.ones(dst.shape[0], dtype=torch.float64, device=x.device))
-        costs = (self.node_macs + in_degree * self.edge_macs) * self.weight_bits
+        costs = node_item_costs(self.node_macs, self.edge_macs, edge_index, n, self.weight_bits)
         capacity = budget.to(torch.float64).reshape(()) * costs.sum()
         if self.aux is not None:
             scores = self.aux.forward_tensors(x, pos, edge_index, node_type)[0].double().exp()
-            aux_macs = (self.aux_macs["node"] * n + self.aux_macs["edge"] * dst.shape[0] + self.aux_macs["graph"])
-            capacity = capacity - float(AUX_BITS * AUX_BITS) * aux_macs
+            capacity = capacity - aux_bops(macs_from_rows(self.aux_macs, nodes=n, edges=edge_index.shape[1]))
         else:
             scores = costs
         return allocate_levels_traceable(scores, costs, self.options, capacity)
 
-    def _edge_levels(self, node_levels: Tensor, edge_index: Tensor) -> Tensor:
-        source = node_levels.index_select(0, edge_index[0])
-        target = node_levels.index_select(0, edge_index[1])
-        return {"target": target, "source": source}.get(self.edge_rule, torch.maximum(source, target))
-
     def example_inputs(self, mesh: Any, budget: float) -> tuple[Tensor | None, ...]:
         """The positional inputs of ``forward`` for one ``MeshData`` (budget as a float32 scalar)."""
-        fields = {name: getattr(mesh, name) for name in self.names}
-        return (fields["x"].float(), fields["pos"].float(), fields["edge_index"].long(),
-                fields["node_type"].long() if "node_type" in fields else None,
-                fields["variables"].float() if "variables" in fields else None,
-                torch.tensor(float(budget), dtype=torch.float32))
+        return (*mesh_inputs(mesh, self.names), torch.tensor(float(budget), dtype=torch.float32))
 
 
 def _freeze(main: nn.Module, buckets: dict[str, Tensor]) -> nn.Module:

@@ -21,16 +21,17 @@ from typing import Any
 import onnx
 from torch import Tensor, nn
 
-from amq_export.amq.inference_model import AMQInferenceModel, input_names
+from amq_export.amq.inference_model import AMQInferenceModel, input_names, mesh_inputs
 from amq_export.amq.model import AMQModel
 from amq_export.errors import AMQError
-from amq_export.exporter.onnx_export import read_meta, to_onnx
+from amq_export.exporter.onnx_export import to_onnx
 from amq_export.safe_io import atomic_write
 from passes.onnx import apply_rules
+from runtimes.onnxruntime import read_meta
 
 TARGETS = ("onnx", "ort", "trt")
 
-__all__ = ["TARGETS", "ExportResult", "artifact_cost", "check_target", "deployment_meta", "export", "export_float", "read_meta"]
+__all__ = ["TARGETS", "ArtifactRun", "ExportResult", "artifact_cost", "check_target", "deployment_meta", "export", "export_float", "read_meta", "run_artifact"]
 
 
 @dataclass
@@ -85,7 +86,8 @@ def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, targ
     if target == "ort":
         from runtimes.onnxruntime import save_optimized
 
-        fused, result.rewrites = apply_rules(model, "ort")
+        fused, fusions = apply_rules(model, "ort")
+        result.rewrites = {op: rewrites.get(op, 0) + fusions.get(op, 0) for op in rewrites | fusions}
         result.optimized_path = save_optimized(fused, path.with_name(path.stem + ".ort.onnx"))
     return result
 
@@ -106,9 +108,7 @@ def export_float(model: nn.Module, path: str | os.PathLike[str], *, example: Any
                  normalizer: dict | None = None) -> ExportResult:
     """Export a float model (same inputs as the quantized artifact, without ``budget``)."""
     path = Path(path)
-    names = input_names(model)
-    args = tuple(getattr(example, name) if name in names else None
-                 for name in ("x", "pos", "edge_index", "node_type", "variables"))
+    args = mesh_inputs(example, input_names(model))
     meta = deployment_meta(None, model, normalizer)
     onnx_model, rewrites = apply_rules(to_onnx(_FloatModule(model.eval()), args, ["pred"], meta), "onnx")
     _save(onnx_model, path)
@@ -126,14 +126,51 @@ def artifact_cost(meta: dict[str, Any], node_bits: Any, edge_index: Any) -> dict
     import torch
 
     from amq_export.amq.allocation import edge_bits
+    from amq_export.amq.auxiliary import macs_from_rows
     from amq_export.amq.cost import LayerCost, bops
 
     node_bits = torch.as_tensor(node_bits, dtype=torch.int64)
     edge_index = torch.as_tensor(edge_index, dtype=torch.int64)
     layers = [LayerCost(*layer) for layer in meta["layers"]]
     rows_bits = {"node": node_bits, "edge": edge_bits(node_bits, edge_index, meta["edge_rule"])}
-    aux = meta["aux_macs_per_row"] if meta.get("mode") == "aux" else {}
-    aux_macs = aux.get("node", 0) * node_bits.numel() + aux.get("edge", 0) * edge_index.shape[1] + aux.get("graph", 0)
+    aux_macs = (macs_from_rows(meta["aux_macs_per_row"], nodes=node_bits.numel(), edges=edge_index.shape[1])
+                if meta.get("mode") == "aux" else 0)
     result = bops(layers, rows_bits, [tuple(layer) for layer in meta["float_layers"]], aux_macs=aux_macs)
     result["b_eff"] = result.pop("b_charged")
     return result
+
+
+@dataclass
+class ArtifactRun:
+    """One exported model run over meshes: outputs, relative L2 and b_eff per mesh, seconds per run."""
+
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    rel_l2: list[float] = field(default_factory=list)
+    b_eff: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def run_artifact(runner: Any, meshes: list[Any], normalizer: Any, budget: float | None, label: str) -> ArtifactRun:
+    """Run ``runner`` (an ``OrtModel``) on every mesh with a progress bar; the error is in physical units
+    and b_eff comes from the ``node_bits`` output and the artifact's metadata (quantized models only)."""
+    import time
+
+    import torch
+
+    from amq_export.metrics import mesh_relative_l2
+    from amq_export.progress import progress_bar
+
+    run = ArtifactRun()
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=len(meshes), info="")
+        for mesh in meshes:
+            feeds = runner.feeds(mesh, budget)
+            t0 = time.perf_counter()
+            out = runner.run_feeds(feeds)
+            run.seconds.append(time.perf_counter() - t0)
+            run.outputs.append(out)
+            run.rel_l2.append(mesh_relative_l2(torch.from_numpy(out["pred"]), mesh, normalizer))
+            if "node_bits" in out:
+                run.b_eff.append(artifact_cost(runner.meta, out["node_bits"], mesh.edge_index)["b_eff"])
+            bar.update(task, advance=1)
+    return run

@@ -18,8 +18,7 @@ from torch import Tensor, nn
 
 from amq_export.errors import AMQError
 from amq_export.exporter.onnx_lowering import OPSET, translation_table
-
-META_KEY = "amq.meta"
+from runtimes.onnxruntime.session import META_KEY
 
 INPUT_DOCS = {
     "x": "float32 [num_nodes, in_features]: node input features, normalised as in training",
@@ -84,13 +83,6 @@ def _document(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
     model.doc_string = "Adaptive Mesh Quantization model exported by amq-export"
     entry = model.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
-
-
-def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
-    for entry in model.metadata_props:
-        if entry.key == META_KEY:
-            return json.loads(entry.value)
-    return {}
 
 
 class _quiet_exporter:

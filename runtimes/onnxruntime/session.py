@@ -27,6 +27,11 @@ _LEVELS = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
 
+def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
+    """The ``amq.meta`` JSON an exported model carries (empty if it has none)."""
+    return next((json.loads(p.value) for p in model.metadata_props if p.key == META_KEY), {})
+
+
 def session_options(threads: int | None = None, optimization: str = "all") -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[optimization]
@@ -50,7 +55,7 @@ class OrtModel:
         except (OSError, ValueError, DecodeError) as exc:
             raise AMQError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}); "
                            "re-export it with amq-export") from None
-        self.meta: dict[str, Any] = next((json.loads(p.value) for p in model.metadata_props if p.key == META_KEY), {})
+        self.meta = read_meta(model)
         try:
             self.session = ort.InferenceSession(str(self.path), session_options(threads, optimization),
                                                 providers=providers or ["CPUExecutionProvider"])
