@@ -27,15 +27,17 @@ def per_graph_relative_l2(
 def batch_relative_l2(pred: torch.Tensor, batch: Any, normalizer: Any | None = None) -> torch.Tensor:
     """Per-graph relative L2 of a prediction for a (batched) mesh, in physical units when a
     ``Normalizer`` is given (normalised units otherwise)."""
-    target = batch.y
-    if normalizer is not None:
-        pred, target = normalizer.invert(pred, "y"), normalizer.invert(target, "y")
+    pred, target = _physical(pred, batch.y, normalizer)
     return per_graph_relative_l2(pred, target, getattr(batch, "batch", None), batch.num_graphs)
 
 
 def mesh_relative_l2(pred: torch.Tensor, mesh: Any, normalizer: Any | None = None) -> float:
     """Relative L2 of a prediction for one (unbatched) mesh, in physical units when a ``Normalizer`` is given."""
-    pred, target = torch.as_tensor(pred), mesh.y
-    if normalizer is not None:
-        pred, target = normalizer.invert(pred, "y"), normalizer.invert(target, "y")
+    pred, target = _physical(pred, mesh.y, normalizer)
     return float(per_graph_relative_l2(pred, target, None)[0])
+
+
+def _physical(pred: torch.Tensor, target: torch.Tensor, normalizer: Any | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if normalizer is None:
+        return pred, target
+    return normalizer.invert(pred, "y"), normalizer.invert(target, "y")

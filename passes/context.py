@@ -55,7 +55,6 @@ class PassContext:
     act_quant: type = DEFAULT_ACT_QUANT
     state: BitState = field(default_factory=BitState)
     layers: list[LayerInfo] = field(default_factory=list)
-    layer_costs: list[LayerCost] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
     amq_config: AMQConfig | None = None
     qmodel: Any = None  # the AMQModel, once AttachAuxiliary has run
@@ -70,6 +69,12 @@ class PassContext:
         return cls(bits=config.bits, weight_bits=config.weight_bits,
                    per_bucket_weight_bits=config.per_bucket_weight_bits,
                    domain_overrides=dict(config.domain_overrides), amq_config=config)
+
+    @property
+    def layer_costs(self) -> list[LayerCost]:
+        """The cost-model view of the quantized layers (what ``InsertQuantizers`` swaps in)."""
+        return [LayerCost(layer.name, layer.domain, layer.in_features, layer.out_features, self.weight_bits)
+                for layer in self.layers if layer.quantized]
 
     @property
     def float_layers(self) -> list[FloatLayer]:

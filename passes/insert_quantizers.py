@@ -13,7 +13,6 @@ class InsertQuantizers:
     """Swap the marked Linears (setattr on the parent) for adaptive quantized ones sharing ``ctx.state``.
 
     The model's own forward code is untouched: it calls the new module where it called the Linear.
-    Fills ``ctx.layer_costs``.
     """
 
     name = "insert_quantizers"
@@ -22,7 +21,6 @@ class InsertQuantizers:
 
     def run(self, model: nn.Module, ctx: PassContext) -> list[str]:
         changes = []
-        ctx.layer_costs = []
         for info in ctx.layers:
             if not info.quantized:
                 continue
@@ -38,7 +36,6 @@ class InsertQuantizers:
                 act_quant=ctx.act_quant,
             )
             setattr(parent, attr, layer)
-            ctx.layer_costs.append(layer.cost())
             changes.append(f"{info.name}: {type(linear).__name__}({info.in_features}, {info.out_features}) -> "
                            f"AdaptiveQuantLinear({info.domain}, bits={ctx.bits}, {self._weights(ctx)})")
         return changes

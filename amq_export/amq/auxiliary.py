@@ -17,7 +17,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from amq_export.data.mesh_data import NUM_NODE_TYPES
+from amq_export.data.mesh_data import NUM_NODE_TYPES, num_clusters
 from amq_export.errors import AMQError
 
 
@@ -90,12 +90,9 @@ class AuxiliaryGNN(nn.Module):
     def forward(self, data: Data) -> tuple[Tensor, Tensor | None]:
         """Log-sensitivity scores: per node [N], and per cluster [C] (None without a cluster head or clusters)."""
         batch = getattr(data, "batch", None)
-        cluster_index = getattr(data, "cluster_index", None)
-        num_graphs = int(batch.max()) + 1 if batch is not None and batch.numel() else 1
-        num_clusters = int(cluster_index[1].max()) + 1 if cluster_index is not None and cluster_index.numel() else 0
         return self.forward_tensors(
             data.x, data.pos, data.edge_index, data.node_type if self.num_node_types else None,
-            batch, cluster_index, num_graphs, num_clusters,
+            batch, getattr(data, "cluster_index", None), _num_graphs(batch), num_clusters(data),
         )
 
     def forward_tensors(
@@ -130,12 +127,8 @@ class AuxiliaryGNN(nn.Module):
 
     def macs(self, data: Data) -> int:
         """Multiply-accumulates of one forward on ``data`` (see :meth:`macs_per_row`)."""
-        batch = getattr(data, "batch", None)
-        graphs = int(batch.max()) + 1 if batch is not None and batch.numel() else 1
-        cluster_index = getattr(data, "cluster_index", None)
-        clusters = int(cluster_index[1].max()) + 1 if cluster_index is not None and cluster_index.numel() else 0
         return macs_from_rows(self.macs_per_row(), nodes=data.num_nodes, edges=data.edge_index.shape[1],
-                              graphs=graphs, clusters=clusters)
+                              graphs=_num_graphs(getattr(data, "batch", None)), clusters=num_clusters(data))
 
     def macs_per_row(self) -> dict[str, int]:
         """MACs per node, edge, graph and cluster row: ``in x out`` summed over the Linears of each kind
@@ -146,6 +139,10 @@ class AuxiliaryGNN(nn.Module):
         node = self.encoder.in_features * h + len(self.layers) * per_layer_node + head
         return {"node": node, "edge": len(self.layers) * sd * h, "graph": len(self.layers) * h * h,
                 "cluster": head if self.cluster_head is not None else 0}
+
+
+def _num_graphs(batch: Tensor | None) -> int:
+    return int(batch.max()) + 1 if batch is not None and batch.numel() else 1
 
 
 def macs_from_rows(macs_per_row: dict[str, int], *, nodes: Any, edges: Any, graphs: Any = 1, clusters: Any = 0) -> Any:

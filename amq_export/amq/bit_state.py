@@ -24,6 +24,8 @@ class BitState:
     collect: bool = False
     sensitivity: dict[str, torch.Tensor] = field(default_factory=dict)
     layer_sensitivity: dict[str, float] = field(default_factory=dict)
+    # (domain, options) -> (the bits tensor, its rows grouped by bucket), shared by that domain's layers
+    bucket_cache: dict = field(default_factory=dict, repr=False)
 
     def reset_sensitivity(self) -> None:
         self.sensitivity = {}

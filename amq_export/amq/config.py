@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from amq_export.amq.allocation import EDGE_RULES, default_bits, validate_bits
+from amq_export.amq.bit_state import DOMAINS
 from amq_export.errors import AMQError
 
 AUX_TARGETS = ("sensitivity", "error", "deviation")
-LAYER_DOMAINS = ("node", "edge", "cluster", "other")
+LAYER_DOMAINS = (*DOMAINS, "other")  # "other": rows of no domain, the layer stays float
 
 
 def check_weight_bits(weight_bits: object) -> int:

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from amq_export.amq.allocation import allocate_budget, edge_bits, node_item_costs, random_scores
-from amq_export.amq.bit_state import BitState
+from amq_export.amq.bit_state import DOMAINS, BitState
 from amq_export.amq.config import AMQConfig
 from amq_export.amq.cost import LayerCost, aux_bops, bops
+from amq_export.data.mesh_data import num_clusters
 from amq_export.errors import AMQError
 
 MODES = ("aux", "uniform", "random", "oracle", "layerwise")
@@ -58,7 +59,7 @@ class AMQModel(nn.Module):
         self.layer_bits: dict[str, int] | None = None  # set by the per-layer baseline
         self.generator = torch.Generator().manual_seed(0)
         self._macs_per_row = {
-            d: sum(layer.macs_per_row for layer in self.layers if layer.domain == d) for d in ("node", "edge", "cluster")
+            d: sum(layer.macs_per_row for layer in self.layers if layer.domain == d) for d in DOMAINS
         }
 
     # ------------------------------------------------------------------ items and their costs
@@ -73,7 +74,7 @@ class AMQModel(nn.Module):
                                 data.num_nodes, w)
         clusters = None
         if self.has_cluster_items:
-            clusters = torch.full((_num_clusters(data),), float(self._macs_per_row["cluster"] * w), dtype=nodes.dtype)
+            clusters = torch.full((num_clusters(data),), float(self._macs_per_row["cluster"] * w), dtype=nodes.dtype)
         return nodes, clusters
 
     def aux_macs(self, data: Any) -> int:
@@ -139,7 +140,7 @@ class AMQModel(nn.Module):
     def cost(self, data: Any, node_bits: Tensor, e_bits: Tensor, cluster_bits: Tensor | None,
              with_aux: bool) -> dict[str, float]:
         """BOPs of one run (DESIGN item 3); ``b_eff`` charges the auxiliary model when it ran."""
-        rows = {"node": data.num_nodes, "edge": data.edge_index.shape[1], "cluster": _num_clusters(data)}
+        rows = {"node": data.num_nodes, "edge": data.edge_index.shape[1], "cluster": num_clusters(data)}
         aux_macs = self.aux_macs(data) if with_aux else 0
         if self.state.layer_bits is not None:
             rows_bits = {}
@@ -148,12 +149,12 @@ class AMQModel(nn.Module):
                 key = f"{layer.domain}:{layer.name}"
                 rows_bits[key] = torch.full((rows[layer.domain],), self.state.layer_bits[layer.name])
                 layers.append(LayerCost(layer.name, key, layer.in_features, layer.out_features, layer.weight_bits))
-            rows_bits.update({d: torch.zeros(rows[d], dtype=torch.long) for d in rows})
-            result = bops(layers, rows_bits, self.float_layers, aux_macs=aux_macs)
         else:
-            rows_bits = {"node": node_bits, "edge": e_bits,
-                         "cluster": cluster_bits if cluster_bits is not None else torch.zeros(rows["cluster"])}
-            result = bops(self.layers, rows_bits, self.float_layers, aux_macs=aux_macs)
+            rows_bits = {"node": node_bits, "edge": e_bits}
+            if cluster_bits is not None:
+                rows_bits["cluster"] = cluster_bits
+            layers = self.layers
+        result = bops(layers, rows_bits, self.float_layers, rows=rows, aux_macs=aux_macs)
         result["b_eff_main"] = result["b_eff"]
         result["b_eff"] = result["b_charged"]
         return result
@@ -162,7 +163,3 @@ class AMQModel(nn.Module):
 def _cat(nodes: Tensor, clusters: Tensor | None) -> Tensor:
     return nodes if clusters is None else torch.cat([nodes, clusters])
 
-
-def _num_clusters(data: Any) -> int:
-    ci = getattr(data, "cluster_index", None)
-    return 0 if ci is None or ci.numel() == 0 else int(ci[1].max()) + 1

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from amq_export.amq.auxiliary import regression_loss, spearman
 from amq_export.amq.model import AMQModel
+from amq_export.data.mesh_data import num_clusters
 from amq_export.errors import AMQError
 from amq_export.metrics import batch_relative_l2
 from amq_export.progress import console, progress_bar
@@ -50,7 +51,7 @@ def _aux_targets(qmodel: AMQModel, data: Any, out: Any, float_pred: Tensor | Non
     clusters = None
     if qmodel.has_cluster_items:
         member, cid = data.cluster_index
-        clusters = torch.zeros(int(cid.max()) + 1, dtype=per_node.dtype).index_add_(0, cid, per_node[member])
+        clusters = torch.zeros(num_clusters(data), dtype=per_node.dtype).index_add_(0, cid, per_node[member])
     return per_node, clusters
 
 
@@ -163,10 +164,11 @@ def finetune(
                     aux_loss.backward()
                 optimizer.step()
                 scheduler.step()
-                totals["loss"] += loss.item()
+                step_loss = loss.item()
+                totals["loss"] += step_loss
                 totals["aux_loss"] += aux_loss.item()
                 totals["b_eff"] += out.cost["b_eff"]
-                bar.update(job, advance=1, info=f"loss {loss.item():.4f}")
+                bar.update(job, advance=1, info=f"loss {step_loss:.4f}")
             n = len(loader)
             val_metrics = evaluate(qmodel, val, normalizer=normalizer, budget=budget, mode=mode, batch_size=batch_size)
             row = {"epoch": epoch, "train_rel_l2": totals["loss"] / n, "aux_loss": totals["aux_loss"] / n,
@@ -209,7 +211,7 @@ def evaluate(
             out = qmodel(batch, budget=budget, mode=mode, scores=scores)
             errors.append(batch_relative_l2(out.pred, batch, normalizer))
             if with_spearman:  # per mesh: rank agreement of aux scores and true node sensitivities
-                aux_node, _ = qmodel.aux(batch)
+                aux_node = out.aux_node if out.aux_node is not None else qmodel.aux(batch)[0]
                 graph = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(aux_node)
                 rhos += [spearman(aux_node[graph == g], scores[0][graph == g]) for g in range(batch.num_graphs)]
         b_effs.append(out.cost["b_eff"])
@@ -245,8 +247,7 @@ def assign_layerwise_bits(
             totals[name] = totals.get(name, 0.0) + value
         rows["node"] += batch.num_nodes
         rows["edge"] += batch.edge_index.shape[1]
-        ci = getattr(batch, "cluster_index", None)
-        rows["cluster"] += 0 if ci is None else int(ci[1].max()) + 1
+        rows["cluster"] += num_clusters(batch)
     layers = qmodel.layers
     scores = torch.tensor([totals.get(layer.name, 0.0) for layer in layers], dtype=torch.float64)
     costs = torch.tensor([float(layer.macs_per_row * rows[layer.domain] * layer.weight_bits) for layer in layers],

@@ -29,15 +29,21 @@ NODE_BOUNDARY = 1
 NUM_NODE_TYPES = 2
 
 
+def num_clusters(data: Any) -> int:
+    """Clusters of a mesh or batch: one more than the largest id in ``cluster_index`` (0 without clusters).
+    Works on any ``Data`` (and on batches of them), not only ``MeshData``."""
+    ci = getattr(data, "cluster_index", None)
+    if ci is None or ci.numel() == 0:
+        return 0
+    return int(ci[1].max()) + 1
+
+
 class MeshData(Data):
     """PyG ``Data`` that knows how to batch ``cluster_index``."""
 
     @property
     def num_clusters(self) -> int:
-        ci = getattr(self, "cluster_index", None)
-        if ci is None or ci.numel() == 0:
-            return 0
-        return int(ci[1].max()) + 1
+        return num_clusters(self)
 
     def __inc__(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         if key == "cluster_index":
