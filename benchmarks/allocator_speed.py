@@ -49,7 +49,6 @@ def main() -> None:
           f"{row['commit']}")
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     rows = [r for r in rows if (r["nodes"], r["options"], r["commit"]) != (args.nodes, args.options, row["commit"])]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS, [*rows, row])
 
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from _common import RESULTS, commit, print_table, write_json
+from _common import RESULTS, commit, float_checkpoint, peak_rss_mb, print_table, run_json_child, write_json
 
 from amq_export import save_checkpoint
 from amq_export.data.datasets import load_mesh_dataset
@@ -40,16 +38,15 @@ def run_one(args: argparse.Namespace) -> dict:
     result = train_float(model, dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, time_budget_s=args.time_budget, progress=False)
     if args.save_dir:
-        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        save_checkpoint(Path(args.save_dir) / f"{arch}_darcy{args.resolution}.pt", model,
-                        normalizer=dataset.normalizer.to_dict(),
-                        task={**dataset.meta, "cluster_size": dataset.meta.get("cluster_size")})
+        path = float_checkpoint(arch, args.resolution, args.save_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, model, normalizer=dataset.normalizer.to_dict(), task=dataset.meta)
     return {
         "arch": arch,
         "rel_l2": round(result.test_rel_l2, 5),
         "params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(result.train_seconds, 1),
-        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_mb": round(peak_rss_mb(), 1),
         "commit": commit(),
         "epochs": len(result.history),
         "epoch_seconds": round(result.epoch_seconds, 1),
@@ -80,9 +77,7 @@ def main() -> None:
         return
     rows = []
     for arch in args.archs.split(","):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--child", arch]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(run_json_child([__file__, *sys.argv[1:], "--child", arch]))
     print_table("Float baselines, Darcy", rows,
                 ["arch", "rel_l2", "params", "epochs", "epoch_seconds", "train_seconds", "peak_mb", "commit"])
     write_json(args.out, rows)

@@ -38,10 +38,7 @@ import argparse
 import copy
 import json
 import math
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -50,7 +47,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from _common import RESULTS, commit, print_table, write_json
+from _common import RESULTS, commit, peak_rss_mb, print_table, run_json_child, write_json
 
 if TYPE_CHECKING:
     from amq_export.data.normalizer import Normalizer
@@ -97,7 +94,7 @@ def bench_mesh(resolution: int, normalizer: Normalizer, seed: int) -> dict[str, 
     from amq_export.data.mesh import mesh_from_grid
 
     mesh = mesh_from_grid(darcy_coefficients(1, resolution, seed=seed + 1000)[0])
-    mesh.x = normalizer.apply(mesh.x, "x")
+    mesh = normalizer.normalize(mesh)
     return {name: getattr(mesh, name).numpy() for name in MESH_FIELDS}
 
 
@@ -144,17 +141,6 @@ def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: 
     return stats
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB: ``VmHWM`` (its own address space), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def peak_child(args: argparse.Namespace) -> dict[str, float]:
     """In a fresh process: peak RSS before and after building the session and running it a few times."""
     from runtimes.onnxruntime import OrtModel
@@ -171,10 +157,8 @@ def peak_child(args: argparse.Namespace) -> dict[str, float]:
 
 def peak_memory(model: str, artifact: Path, feeds_file: Path, threads: int) -> dict[str, float]:
     """``peak_child`` in a fresh interpreter (this script again, with --peak-only)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--peak-only", model, "--artifact", str(artifact),
-           "--feeds-file", str(feeds_file), "--peak-threads", str(threads)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child([str(Path(__file__).resolve()), "--peak-only", model, "--artifact", str(artifact),
+                           "--feeds-file", str(feeds_file), "--peak-threads", str(threads)])
 
 
 def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: int, workdir: Path,
@@ -279,8 +263,9 @@ def main() -> None:
                              "runs": args.runs, "peak_mb": round(memory["peak_mb"], 1),
                              "base_mb": round(memory["base_mb"], 1),
                              "mean_node_bits": stats[name]["mean_node_bits"], "commit": rev})
+        medians = {(r["model"], r["threads"]): r["median_ms"] for r in rows}
         for row in rows:
-            ref = {r["model"]: r["median_ms"] for r in rows if r["threads"] == row["threads"]}
+            ref = {name: medians[name, row["threads"]] for name in MODELS}
             row["ratio_vs_float"] = round(row["median_ms"] / ref["float"], 3)
             row["ratio_vs_uniform_int8"] = round(row["median_ms"] / ref["uniform_int8"], 3)
 

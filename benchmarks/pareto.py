@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import torch
-from _common import RESULTS, commit, print_table, write_json
+from _common import RESULTS, commit, float_checkpoint, print_table, write_json
 
 from amq_export import load_checkpoint, save_checkpoint
 from amq_export.amq.config import AMQConfig
@@ -35,8 +36,8 @@ from amq_export.training import evaluate_float, train_float
 ALL_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 
-def methods_for(budget: float, ablations: bool) -> list[tuple[str, str, dict]]:
-    """(method name, allocation mode, AMQConfig overrides) for one budget."""
+def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
+    """(method name, allocation mode, AMQConfig overrides); the ablations run at budget 4 only."""
     rows = [("uniform", "uniform", {}), ("aux", "aux", {}), ("random", "random", {}), ("oracle", "oracle", {}),
             ("layerwise", "layerwise", {}), ("aux-all", "aux", {"bits": ALL_BITS}),
             ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS})]
@@ -48,7 +49,7 @@ def methods_for(budget: float, ablations: bool) -> list[tuple[str, str, dict]]:
 
 
 def float_model(args, dataset):
-    path = Path(args.float_checkpoint or f"runs/float/{args.arch}_darcy{args.resolution}.pt")
+    path = Path(args.float_checkpoint) if args.float_checkpoint else float_checkpoint(args.arch, args.resolution)
     if path.exists():
         ckpt = load_checkpoint(path)
         return ckpt.build_model(), Normalizer.from_dict(ckpt.normalizer)
@@ -88,19 +89,19 @@ def main() -> None:
     base, normalizer = float_model(args, dataset)
     float_rel = evaluate_float(base, dataset.test, normalizer)
     # one float epoch on the same meshes, for the QAT cost ratio
-    probe, subset = copy.deepcopy(base), copy.copy(dataset)
-    subset.train = dataset.train[: args.qat_samples]
+    probe, subset = copy.deepcopy(base), dataclasses.replace(dataset, train=dataset.train[: args.qat_samples])
     float_epoch_s = train_float(probe, subset, epochs=1, progress=False).epoch_seconds
     wanted = set(filter(None, args.methods.split(",")))
     rows, spearmans, qat_epoch_s = [], [], []
+    rev = commit()
     for budget in [float(b) for b in args.budgets.split(",")]:
-        for name, mode, overrides in methods_for(budget, ablations=budget == 4.0):
+        for name, mode, overrides in methods_for(ablations=budget == 4.0):
             if wanted and name not in wanted:
                 continue
             runs = []
+            config = AMQConfig(budget=budget, **{"aux_hidden": 16, **overrides})
             for seed in range(args.seeds):
                 torch.manual_seed(seed)
-                config = AMQConfig(budget=budget, **{"aux_hidden": 16, **overrides})
                 qmodel = quantize(copy.deepcopy(base), config, calibration=dataset.train[:32])
                 if mode == "layerwise":
                     assign_layerwise_bits(qmodel, dataset.train, normalizer=normalizer)
@@ -122,7 +123,7 @@ def main() -> None:
                 "bops": round(statistics.mean(r["bops_per_mesh"] for r in runs)),
                 "rel_l2": round(statistics.mean(rels), 5),
                 "rel_l2_std": round(statistics.stdev(rels), 5) if len(rels) > 1 else 0.0,
-                "seeds": len(runs), "commit": commit(),
+                "seeds": len(runs), "commit": rev,
             })
     print_table(f"Pareto, Darcy {args.resolution}x{args.resolution}, {args.arch} (float rel-L2 {float_rel:.4f})",
                 rows, ["method", "budget", "b_eff", "rel_l2", "rel_l2_std", "seeds", "bops"])
@@ -135,7 +136,7 @@ def main() -> None:
     payload = {"rows": rows, "aux_spearman": statistics.mean(spearmans) if spearmans else None,
                "float_rel_l2": float_rel, "float_epoch_seconds": float_epoch_s,
                "qat_epoch_seconds": statistics.mean(qat_epoch_s) if qat_epoch_s else None,
-               "epochs": args.epochs, "n_train": args.n_train, "n_test": args.n_test, "commit": commit()}
+               "epochs": args.epochs, "n_train": args.n_train, "n_test": args.n_test, "commit": rev}
     write_json(out, payload)
     print(f"QAT epoch {payload['qat_epoch_seconds']}s vs float epoch {float_epoch_s:.1f}s; wrote {out}")
 
