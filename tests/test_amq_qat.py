@@ -8,37 +8,26 @@ import pytest
 import torch
 
 from amq_export.amq.config import AMQConfig
-from amq_export.api import assign_layerwise_bits, evaluate, finetune, load_quantized, quantize, save_quantized
-from amq_export.data.datasets import load_mesh_dataset
+from amq_export.api import assign_layerwise_bits, evaluate, finetune, load_quantized, save_quantized
 from amq_export.errors import AMQError
-from amq_export.models import build_model
-from amq_export.models.presets import darcy_config
-
-TINY_AUX = {"aux_hidden": 4, "aux_layers": 1}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_mesh_dataset("darcy", resolution=8, n_train=24, n_test=6, cluster_size=16,
-                             cache_dir=tmp_path_factory.mktemp("cache"))
+def shared(tiny, qmodel_factory):
+    """One quantized MP-PDE for the tests that only run it (those that train build their own)."""
+    return qmodel_factory(tiny)
 
 
-def _qmodel(tiny, arch="mppde", **overrides):
-    torch.manual_seed(0)
-    model = build_model(arch, darcy_config(arch, hidden=32, layers=2))
-    return quantize(model, AMQConfig(**{"budget": 4.0, **TINY_AUX, **overrides}), calibration=tiny.train)
-
-
-def test_pass_report_lists_every_pass(tiny):
-    q = _qmodel(tiny)
+def test_pass_report_lists_every_pass(shared):
+    q = shared
     assert [name for name, _ in q.pass_report] == ["find_domains", "insert_quantizers", "attach_auxiliary",
                                                     "calibrate"]
     assert {layer.domain for layer in q.layers} == {"node", "edge"}
 
 
 @pytest.mark.parametrize("mode", ["aux", "uniform", "random", "oracle"])
-def test_budget_is_met_exactly(tiny, mode):
-    q = _qmodel(tiny)
+def test_budget_is_met_exactly(tiny, shared, mode):
+    q = shared
     for budget in (3.5, 4.0, 4.5, 6.0):
         metrics = evaluate(q, tiny.test, normalizer=tiny.normalizer, budget=budget, mode=mode)
         assert metrics["b_eff_max"] <= budget + 1e-9
@@ -48,25 +37,25 @@ def test_budget_is_met_exactly(tiny, mode):
             evaluate(q, tiny.test, normalizer=tiny.normalizer, budget=3.0, mode=mode)
 
 
-def test_uniform_gives_uniform_bits(tiny):
-    q = _qmodel(tiny)
+def test_uniform_gives_uniform_bits(tiny, shared):
+    q = shared
     out = q(tiny.test[0], budget=5.0, mode="uniform")
     assert set(out.node_bits.tolist()) == {5} and set(out.edge_bits.tolist()) == {5}
     assert out.cost["b_eff"] == 5.0
 
 
-def test_forward_reports_bits_of_every_domain(tiny):
-    q = _qmodel(tiny, arch="graphvit")
+def test_forward_reports_bits_of_every_domain(tiny, qmodel_factory):
+    q = qmodel_factory(tiny, arch="graphvit")
     mesh = tiny.test[0]
     out = q(mesh, mode="aux")
     assert out.pred.shape == mesh.y.shape
     assert out.node_bits.shape == (mesh.num_nodes,) and out.edge_bits.shape == (mesh.edge_index.shape[1],)
-    assert out.cluster_bits is not None and out.cluster_bits.shape == (int(mesh.cluster_index[1].max()) + 1,)
+    assert out.cluster_bits is not None and out.cluster_bits.shape == (mesh.num_clusters,)
     assert out.cost["aux_bops"] > 0 and out.cost["b_eff"] <= 4.0
 
 
-def test_joint_qat_lowers_the_loss_and_trains_the_aux_model(tiny):
-    q = _qmodel(tiny)
+def test_joint_qat_lowers_the_loss_and_trains_the_aux_model(tiny, qmodel_factory):
+    q = qmodel_factory(tiny)
     before = evaluate(q, tiny.val, normalizer=tiny.normalizer, mode="aux")["rel_l2"]
     aux_before = [p.detach().clone() for p in q.aux.parameters()]
     history = finetune(q, tiny.train, tiny.val, normalizer=tiny.normalizer, epochs=4, lr=2e-3, progress=False)
@@ -75,8 +64,8 @@ def test_joint_qat_lowers_the_loss_and_trains_the_aux_model(tiny):
     assert any(not torch.equal(a, b) for a, b in zip(aux_before, q.aux.parameters()))
 
 
-def test_budget_range_trains_one_model_for_many_budgets(tiny):
-    q = _qmodel(tiny)
+def test_budget_range_trains_one_model_for_many_budgets(tiny, qmodel_factory):
+    q = qmodel_factory(tiny)
     history = finetune(q, tiny.train, tiny.val, normalizer=tiny.normalizer, epochs=1, budget_range=(3.5, 6.0),
                        progress=False)
     assert len(history) == 1
@@ -86,8 +75,8 @@ def test_budget_range_trains_one_model_for_many_budgets(tiny):
         finetune(q, tiny.train, tiny.val, budget_range=(2.0, 6.0), progress=False)
 
 
-def test_layerwise_baseline_spends_the_budget(tiny):
-    q = _qmodel(tiny)
+def test_layerwise_baseline_spends_the_budget(tiny, qmodel_factory):
+    q = qmodel_factory(tiny)
     bits = assign_layerwise_bits(q, tiny.train, normalizer=tiny.normalizer)
     assert set(bits) == {layer.name for layer in q.layers}
     assert set(bits.values()) <= set(q.amq_config.bits)
@@ -95,8 +84,8 @@ def test_layerwise_baseline_spends_the_budget(tiny):
     assert metrics["b_eff"] <= 4.0 + 1e-9
 
 
-def test_save_load_round_trip(tiny, tmp_path: Path):
-    q = _qmodel(tiny, arch="graphvit")
+def test_save_load_round_trip(tiny, qmodel_factory, tmp_path: Path):
+    q = qmodel_factory(tiny, arch="graphvit")
     finetune(q, tiny.train, tiny.val, normalizer=tiny.normalizer, epochs=1, progress=False)
     path = save_quantized(tmp_path / "q.pt", q, normalizer=tiny.normalizer.to_dict())
     assert torch.load(path, weights_only=True)["format"] == "amq-export/quantized"
@@ -109,14 +98,14 @@ def test_save_load_round_trip(tiny, tmp_path: Path):
     torch.testing.assert_close(a.pred, b.pred)
 
 
-def test_bad_configs_are_clear_errors(tiny):
+def test_bad_configs_are_clear_errors(tiny, shared):
     with pytest.raises(AMQError, match="outside the bit options"):
         AMQConfig(budget=7.0, bits=(3, 4))
     with pytest.raises(AMQError, match="2..8"):
         AMQConfig(budget=4.0, bits=(1, 4))
     with pytest.raises(AMQError, match="weight_bits"):
         AMQConfig(weight_bits=16)
-    q = _qmodel(tiny)
+    q = shared
     with pytest.raises(AMQError, match="unknown allocation mode"):
         q(tiny.test[0], mode="greedy")
     with pytest.raises(AMQError, match="outside the bit options"):

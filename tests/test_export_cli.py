@@ -16,7 +16,8 @@ from amq_export.data.datasets import load_mesh_dataset
 from amq_export.models import build_model
 from amq_export.models.presets import darcy_config
 
-DATA = ["--resolution", "12", "--n-train", "24", "--n-test", "6"]
+DATASET = {"resolution": 12, "n_train": 24, "n_test": 6}
+DATA = [arg for key, value in DATASET.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 FAST = ["--epochs", "1", "--max-samples", "12"]
 
 
@@ -25,7 +26,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("job")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AMQ_CACHE_DIR", str(root / "cache"))
-        dataset = load_mesh_dataset("darcy", resolution=12, n_train=24, n_test=6)
+        dataset = load_mesh_dataset("darcy", **DATASET)
         torch.manual_seed(0)
         model = build_model("mppde", darcy_config("mppde", hidden=64, layers=2))  # the aux model is ~3% of it
         save_checkpoint(root / "float.pt", model, normalizer=dataset.normalizer.to_dict(), task=dataset.meta)

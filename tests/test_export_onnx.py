@@ -11,9 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amq_export.amq.config import AMQConfig
 from amq_export.amq.inference_model import AMQInferenceModel
-from amq_export.api import quantize
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.mesh_data import MeshData
 from amq_export.errors import AMQError
@@ -22,23 +20,16 @@ from amq_export.models import build_model
 from amq_export.models.presets import darcy_config
 from runtimes.onnxruntime import OrtModel, parity, read_meta
 
-TINY = {"budget": 4.0, "aux_hidden": 4, "aux_layers": 1}
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """This module's own data (no clusters, 16 training meshes)."""
     return load_mesh_dataset("darcy", resolution=8, n_train=16, n_test=6, cache_dir=tmp_path_factory.mktemp("c"))
 
 
-def _qmodel(tiny, **overrides):
-    torch.manual_seed(0)
-    model = build_model("mppde", darcy_config("mppde", hidden=32, layers=2))
-    return quantize(model, AMQConfig(**{**TINY, **overrides}), calibration=tiny.train).eval()
-
-
 @pytest.fixture(scope="module")
-def exported(tiny, tmp_path_factory):
-    qmodel = _qmodel(tiny)
+def exported(tiny, qmodel_factory, tmp_path_factory):
+    qmodel = qmodel_factory(tiny).eval()
     out = tmp_path_factory.mktemp("export")
     result = export(qmodel, out / "model.onnx", example=tiny.test[0], target="ort")
     return qmodel, result, OrtModel(result.path), OrtModel(result.optimized_path)
@@ -139,9 +130,9 @@ def test_parity_on_random_meshes(exported, case):
     assert result["bits_agreement"] >= 0.999 and result["rel_l2"] <= 1e-3, result
 
 
-def test_inference_model_matches_amq_model_in_torch(tiny):
+def test_inference_model_matches_amq_model_in_torch(tiny, qmodel_factory):
     for overrides in ({}, {"edge_rule": "max"}, {"edge_rule": "source", "bits": (3, 5, 8)}):
-        qmodel = _qmodel(tiny, **overrides)
+        qmodel = qmodel_factory(tiny, **overrides).eval()
         for mode in ("aux", "uniform"):
             for sort_rows in (True, False):
                 deployed = AMQInferenceModel(qmodel, mode=mode, sort_rows=sort_rows)
@@ -153,8 +144,8 @@ def test_inference_model_matches_amq_model_in_torch(tiny):
                     torch.testing.assert_close(pred, ref.pred, rtol=1e-4, atol=1e-5)
 
 
-def test_single_option_exports_uniform_without_allocation(tiny, tmp_path):
-    qmodel = _qmodel(tiny, budget=8.0, bits=(8,))
+def test_single_option_exports_uniform_without_allocation(tiny, qmodel_factory, tmp_path):
+    qmodel = qmodel_factory(tiny, budget=8.0, bits=(8,)).eval()
     result = export(qmodel, tmp_path / "u8.onnx", example=tiny.test[0])
     ops = Counter(node.op_type for node in onnx.load(str(result.path)).graph.node)
     assert ops["TopK"] == 0 and ops["MatMulInteger"] == len(qmodel.layers)
@@ -178,7 +169,7 @@ def test_float_export_matches_the_float_model(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("target, message", [("trt", "not available yet"), ("tflite", "unknown target")])
-def test_unsupported_targets_are_clear_errors(tiny, tmp_path, target, message):
+def test_unsupported_targets_are_clear_errors(tiny, exported, tmp_path, target, message):
     with pytest.raises(AMQError, match=message):
-        export(_qmodel(tiny), tmp_path / "m.onnx", example=tiny.test[0], target=target)
+        export(exported[0], tmp_path / "m.onnx", example=tiny.test[0], target=target)
     assert not list(tmp_path.iterdir())

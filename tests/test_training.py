@@ -13,17 +13,10 @@ import torch
 
 from amq_export import load_checkpoint, load_model
 from amq_export.cli import main
-from amq_export.data.datasets import load_mesh_dataset
 from amq_export.errors import AMQError
 from amq_export.models import build_model
 from amq_export.models.presets import darcy_config
 from amq_export.training import evaluate_float, train_float
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return load_mesh_dataset("darcy", resolution=8, n_train=24, n_test=6, cluster_size=16, cache_dir=cache)
 
 
 @pytest.mark.parametrize("arch", ["mppde", "graphvit"])
