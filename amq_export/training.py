@@ -56,6 +56,20 @@ def evaluate_float(model: nn.Module, meshes: Iterable[MeshData], normalizer: Nor
     return torch.cat(errors).mean().item()
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, time_budget_s: float | None = None
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay to 0 over ``steps``, or over ``time_budget_s`` seconds (from now) if that runs out first."""
+    start = time.perf_counter()
+
+    def progress_fraction(step: int) -> float:
+        done = step / steps
+        if time_budget_s is not None:
+            done = max(done, (time.perf_counter() - start) / time_budget_s)
+        return min(done, 1.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * progress_fraction(s))))
+
+
 def train_float(
     model: nn.Module,
     dataset: MeshDataset,
@@ -85,18 +99,8 @@ def train_float(
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loader = mesh_loader(dataset.train, batch_size, shuffle=True, seed=seed)
-    steps = epochs * len(loader)
     start = time.perf_counter()
-
-    def progress_fraction(step: int) -> float:
-        done = step / steps
-        if time_budget_s is not None:
-            done = max(done, (time.perf_counter() - start) / time_budget_s)
-        return min(done, 1.0)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * progress_fraction(s)))
-    )
+    scheduler = cosine_schedule(optimizer, epochs * len(loader), time_budget_s)
     best = (math.inf, 0)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history: list[dict[str, float]] = []

@@ -164,21 +164,13 @@ def peak_memory(model: str, artifact: Path, feeds_file: Path, threads: int) -> d
 def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: int, workdir: Path,
                   top: int = 15) -> None:
     """ONNX Runtime's profiler on one graph at 1 thread: the op types that cost the most kernel time."""
-    import onnxruntime as ort
-
     from runtimes.onnxruntime import OrtModel
-    from runtimes.onnxruntime.session import session_options
 
-    model = OrtModel(path, threads=1)  # only for its feeds (input names, dtypes, budget)
+    model = OrtModel(path, threads=1, profile_prefix=str(workdir / f"{name}_profile"))
     feeds = model.feeds(SimpleNamespace(**arrays), budget_of(name))
-    del model
-    options = session_options(1, "all")
-    options.enable_profiling = True
-    options.profile_file_prefix = str(workdir / f"{name}_profile")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for _ in range(WARMUP + runs):
-        session.run(None, feeds)
-    trace = json.loads(Path(session.end_profiling()).read_text())
+        model.run_feeds(feeds)
+    trace = json.loads(Path(model.session.end_profiling()).read_text())
     per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for event in trace:
         op = event.get("args", {}).get("op_name")

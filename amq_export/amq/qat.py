@@ -8,7 +8,6 @@ auxiliary model's regression targets. One optimizer, two parameter groups.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from amq_export.data.mesh_data import num_clusters
 from amq_export.errors import AMQError
 from amq_export.metrics import batch_relative_l2
 from amq_export.progress import console, progress_bar
-from amq_export.training import mesh_loader
+from amq_export.training import cosine_schedule, mesh_loader
 
 
 def item_sensitivities(qmodel: AMQModel, data: Any) -> tuple[Tensor, Tensor | None]:
@@ -128,7 +127,7 @@ def finetune(
     ])
     loader = mesh_loader(list(train), batch_size, shuffle=True, seed=seed)
     steps = epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    scheduler = cosine_schedule(optimizer, steps)
     history = []
     step = 0
     with progress_bar(progress) as bar:

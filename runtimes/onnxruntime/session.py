@@ -46,7 +46,8 @@ class OrtModel:
     """One exported model in one ONNX Runtime session; ``run(mesh, budget)`` -> ``{output name: array}``."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None, optimization: str = "all",
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, profile_prefix: str | None = None) -> None:
+        """``profile_prefix``: turn on ONNX Runtime's profiler (``session.end_profiling()`` writes the trace)."""
         self.path = Path(path)
         if not self.path.is_file():
             raise AMQError(f"ONNX model {self.path} does not exist; export one with amq-export MODEL.pt --target onnx")
@@ -56,8 +57,12 @@ class OrtModel:
             raise AMQError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}); "
                            "re-export it with amq-export") from None
         self.meta = read_meta(model)
+        options = session_options(threads, optimization)
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads, optimization),
+            self.session = ort.InferenceSession(str(self.path), options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except ORT_ERRORS as exc:
             raise AMQError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0]}") from None
