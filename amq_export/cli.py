@@ -99,7 +99,9 @@ def _eval_onnx(args: argparse.Namespace, path: Path) -> None:
     if bits and budget is not None and not bits[0] <= budget <= bits[-1]:
         raise AMQError(f"--budget {budget:g} is outside the model's bit options {bits}: choose one between "
                        f"{bits[0]} and {bits[-1]}")
-    dataset = _dataset(args, None)
+    if "clusters" in meta.get("inputs", []) and not meta.get("cluster_size"):
+        raise AMQError(f"{path} reads clusters but does not record their size; re-export it with amq-export")
+    dataset = _dataset(args, meta.get("cluster_size"))
     normalizer = Normalizer.from_dict(meta["normalizer"]) if meta.get("normalizer") else dataset.normalizer
     mesh = dataset.test[0]
     if mesh.x.shape[-1] != meta["config"]["in_features"]:

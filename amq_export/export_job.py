@@ -103,8 +103,11 @@ def run(job: ExportJob) -> dict[str, Any]:
         float_model = ckpt.build_model()
         input_names(float_model)  # fails now, before QAT, for an architecture that cannot be exported yet
         task = dict(ckpt.task)
+        if ckpt.arch == "graphvit" and not task.get("cluster_size"):
+            raise AMQError(f"{job.model} is a GraphViT checkpoint without the cluster size it was trained with "
+                           "(task.cluster_size): retrain it with amq-export train, which records it")
         with console.status("loading data"):
-            extra = {"keep_fraction": task["keep_fraction"]} if task.get("keep_fraction") else {}
+            extra = {k: task[k] for k in ("keep_fraction", "cluster_size") if task.get(k)}
             dataset = load_mesh_dataset(job.data, resolution=int(task.get("resolution") or 32),
                                         n_train=int(task.get("n_train", 1000)),
                                         n_test=job.n_test or int(task.get("n_test", 100)),
@@ -133,7 +136,8 @@ def run(job: ExportJob) -> dict[str, Any]:
             from amq_export.exporter import export
 
             exported = export(qmodel, stage / "model.onnx", example=test[0], target=job.target,
-                              normalizer=normalizer.to_dict(), budget=job.budget)
+                              normalizer=normalizer.to_dict(), budget=job.budget,
+                              cluster_size=task.get("cluster_size"))
         seconds["export"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         verification = _verify(exported, qmodel, test, normalizer, job.budget)
@@ -190,9 +194,10 @@ def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget
     for mesh, out in zip(test, run.outputs, strict=True):
         with torch.no_grad():
             ref = qmodel(mesh, budget=budget, mode="aux")
-            floor_pred, _ = integer_torch(*integer_torch.example_inputs(mesh, budget))
+            floor_pred = integer_torch(*integer_torch.example_inputs(mesh, budget))[0]
         floor_pairs.append((ref.pred.numpy(), floor_pred.numpy(), None, None))
-        pairs.append((ref.pred.numpy(), out["pred"], ref.node_bits.numpy(), out["node_bits"]))
+        bits = _all_bits(ref.node_bits, ref.cluster_bits), _all_bits(out["node_bits"], out.get("cluster_bits"))
+        pairs.append((ref.pred.numpy(), out["pred"], *bits))
     times = run.seconds
     result = parity(pairs)
     result["pass"] = bool(result["bits_agreement"] >= PARITY_BITS and result["rel_l2"] <= PARITY_REL_L2)
@@ -201,6 +206,11 @@ def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget
                "nodes": int(test[0].num_nodes), "threads": "default"}
     return {"parity": result, "rel_l2": float(np.mean(run.rel_l2)), "b_eff": float(np.mean(run.b_eff)),
             "b_eff_max": float(np.max(run.b_eff)), "latency": latency, "node_bits_first": run.outputs[0]["node_bits"]}
+
+
+def _all_bits(node_bits: Any, cluster_bits: Any) -> np.ndarray:
+    """Node bits, then cluster bits where the model has cluster items: what bits agreement compares."""
+    return np.concatenate([np.asarray(b) for b in (node_bits, cluster_bits) if b is not None])
 
 
 def _float_gbops(qmodel: Any, meshes: list[Any]) -> float:

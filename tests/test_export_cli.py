@@ -103,3 +103,20 @@ def test_unwritable_output_and_mismatched_data(workdir, tmp_path, capsys):
 def test_missing_checkpoint(tmp_path, capsys):
     assert main([str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.pt" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_graphvit_job_and_eval(workdir, tmp_path, capsys):
+    """GraphViT through the same command: clusters from the checkpoint's task, cluster bits checked too."""
+    dataset = load_mesh_dataset("darcy", **DATASET, cluster_size=16)
+    torch.manual_seed(0)
+    model = build_model("graphvit", darcy_config("graphvit", hidden=16, layers=1))
+    save_checkpoint(tmp_path / "gv.pt", model, normalizer=dataset.normalizer.to_dict(), task=dataset.meta)
+    assert main([str(tmp_path / "gv.pt"), "--target", "onnx", "--budget", "5", "--bits", "4,8", *FAST,
+                 "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["arch"] == "graphvit" and report["parity"]["bits_agreement"] == 1.0
+    assert report["b_eff_exported"] <= 5.0 + 1e-9
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "out" / "model.onnx"), *DATA]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["samples"] == 6 and np.isfinite(result["rel_l2"]) and result["b_eff_max"] <= 5.0 + 1e-9

@@ -17,7 +17,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from amq_export.data.mesh_data import NUM_NODE_TYPES, num_clusters
+from amq_export.data.mesh_data import NUM_NODE_TYPES, cluster_slots, num_clusters, padded_clusters
 from amq_export.errors import AMQError
 
 
@@ -92,15 +92,15 @@ class AuxiliaryGNN(nn.Module):
         batch = getattr(data, "batch", None)
         return self.forward_tensors(
             data.x, data.pos, data.edge_index, data.node_type if self.num_node_types else None,
-            batch, getattr(data, "cluster_index", None), _num_graphs(batch), num_clusters(data),
+            batch, _padded(data), _num_graphs(batch),
         )
 
     def forward_tensors(
         self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor | None = None,
-        batch: Tensor | None = None, cluster_index: Tensor | None = None, num_graphs: int = 1,
-        num_clusters: int = 0,
+        batch: Tensor | None = None, clusters: Tensor | None = None, num_graphs: int = 1,
     ) -> tuple[Tensor, Tensor | None]:
-        """``forward`` on plain tensors, with the graph and cluster counts given (for ``torch.export``)."""
+        """``forward`` on plain tensors (for ``torch.export``): the graph count given, clusters padded
+        [C, K] (``padded_clusters``)."""
         n = x.size(0)
         if batch is None:
             batch = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -119,10 +119,11 @@ class AuxiliaryGNN(nn.Module):
             h = layer(h, d, edge_index, batch, num_graphs)
 
         node_scores = self.node_head(h).squeeze(-1)
-        if self.cluster_head is None or cluster_index is None:
+        if self.cluster_head is None or clusters is None:
             return node_scores, None
-        members, clusters = cluster_index
-        pooled = scatter(h.index_select(0, members), clusters, dim=0, dim_size=num_clusters, reduce="mean")
+        slots, sizes = cluster_slots(clusters, n)
+        members = torch.cat([h, h.new_zeros(1, h.size(-1))]).index_select(0, slots.reshape(-1))
+        pooled = members.view(*clusters.shape, h.size(-1)).sum(1) / sizes.clamp_min(1).to(h.dtype).unsqueeze(-1)
         return node_scores, self.cluster_head(pooled).squeeze(-1)
 
     def macs(self, data: Data) -> int:
@@ -139,6 +140,11 @@ class AuxiliaryGNN(nn.Module):
         node = self.encoder.in_features * h + len(self.layers) * per_layer_node + head
         return {"node": node, "edge": len(self.layers) * sd * h, "graph": len(self.layers) * h * h,
                 "cluster": head if self.cluster_head is not None else 0}
+
+
+def _padded(data: Data) -> Tensor | None:
+    cluster_index = getattr(data, "cluster_index", None)
+    return None if cluster_index is None else padded_clusters(cluster_index, num_clusters(data))
 
 
 def _num_graphs(batch: Tensor | None) -> int:

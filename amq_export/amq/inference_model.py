@@ -3,14 +3,15 @@
 ``AMQInferenceModel`` is what ``amq_export.export`` traces into ONNX (DESIGN item 8), and it runs in
 PyTorch as well. One forward:
 
-1. the auxiliary GNN scores every node (mode ``aux``; ``uniform`` scores nodes by their cost);
-2. the allocation of DESIGN item 6 picks every node's bit option under the run-time ``budget`` (an
+1. the auxiliary GNN scores every node, and every cluster of models with cluster-domain layers
+   (GraphViT) (mode ``aux``; ``uniform`` scores items by their cost);
+2. the allocation of DESIGN item 6 picks every item's bit option under the run-time ``budget`` (an
    input, so one artifact serves every budget), charging the auxiliary model's BOPs, as a literal
    one-sort greedy with no data-dependent shapes (``allocate_levels_traceable``);
-3. the mesh is permuted once so that nodes, and then edges, are sorted by bit-width (edges take the
-   bits of their target, source or the max, as in training); every quantized Linear then sees
-   contiguous row segments, one per bit-width, and runs as one integer GEMM
-   (``BucketedIntLinear``);
+3. the mesh is permuted once so that nodes, then edges (and clusters) are sorted by bit-width
+   (edges take the bits of their target, source or the max, as in training; cluster members are
+   renumbered); every quantized Linear then sees contiguous row segments, one per bit-width, and
+   runs as one integer GEMM (``BucketedIntLinear``);
 4. the prediction is permuted back.
 
 With a single bit option the allocation, the auxiliary model and the sort drop out (uniform
@@ -33,26 +34,31 @@ from amq_export.amq.bucketed_linear import BucketedIntLinear
 from amq_export.amq.cost import aux_bops
 from amq_export.amq.model import AMQModel
 from amq_export.amq.quant_linear import AdaptiveQuantLinear
+from amq_export.data.mesh_data import cluster_slots
 from amq_export.errors import AMQError
 
 EXPORT_MODES = ("aux", "uniform")
 
 
-MESH_INPUTS = ("x", "pos", "edge_index", "node_type", "variables")
+MESH_INPUTS = ("x", "pos", "edge_index", "node_type", "variables", "clusters")
+INTEGER_INPUTS = frozenset({"edge_index", "node_type", "clusters"})
 
 
 def mesh_inputs(mesh: Any, names: list[str]) -> tuple[Tensor | None, ...]:
-    """The mesh fields of ``MESH_INPUTS`` order as the deployed model takes them (``None`` where not in ``names``)."""
-    integer = {"edge_index", "node_type"}
-    return tuple(None if name not in names else getattr(mesh, name).long() if name in integer
+    """The mesh fields of ``MESH_INPUTS`` order as the deployed model takes them (``None`` where not in
+    ``names``); ``clusters`` is ``MeshData.clusters``, the padded form of ``cluster_index``."""
+    return tuple(None if name not in names else getattr(mesh, name).long() if name in INTEGER_INPUTS
                  else getattr(mesh, name).float() for name in MESH_INPUTS)
 
 
 def input_names(main: nn.Module) -> list[str]:
     """The mesh inputs the deployed model reads, in order (``budget`` follows them)."""
+    arch = getattr(main, "arch", None)
+    if arch == "graphvit":
+        return ["x", "pos", "edge_index", "node_type", "clusters"]
+    if arch != "mppde":
+        raise AMQError(f"export supports MP-PDE and GraphViT models, not {arch or type(main).__name__!r}")
     config = main.config
-    if getattr(main, "arch", None) != "mppde":
-        raise AMQError(f"export supports MP-PDE models so far, not {getattr(main, 'arch', type(main).__name__)!r}")
     names = ["x", "pos", "edge_index"]
     if config.get("num_node_types"):
         names.append("node_type")
@@ -62,7 +68,9 @@ def input_names(main: nn.Module) -> list[str]:
 
 
 class AMQInferenceModel(nn.Module):
-    """``forward(x, pos, edge_index, [node_type], [variables], budget) -> (pred [N, out], node_bits [N])``."""
+    """``forward(x, pos, edge_index, [node_type], [variables], [clusters], budget)
+    -> (pred [N, out], node_bits [N], [cluster_bits [C]])`` (``cluster_bits`` for models with cluster-domain
+    layers: clusters are allocation items of their own, DESIGN item 4)."""
 
     def __init__(self, qmodel: AMQModel, mode: str = "aux", sort_rows: bool = True) -> None:
         super().__init__()
@@ -79,50 +87,69 @@ class AMQInferenceModel(nn.Module):
         self.main = _freeze(qmodel.main, self.buckets)
         self.aux = copy.deepcopy(qmodel.aux) if self.mode == "aux" else None
         macs = qmodel._macs_per_row
-        if macs["cluster"]:
-            raise AMQError("export of models with cluster-domain layers (GraphViT) is not supported yet")
-        self.node_macs, self.edge_macs = float(macs["node"]), float(macs["edge"])
+        self.node_macs, self.edge_macs, self.cluster_macs = (float(macs[d]) for d in ("node", "edge", "cluster"))
+        self.has_clusters = qmodel.has_cluster_items
+        self.output_names = ["pred", "node_bits", "cluster_bits"] if self.has_clusters else ["pred", "node_bits"]
         self.aux_macs = self.aux.macs_per_row() if self.aux is not None else None
         self.register_buffer("bit_options", torch.tensor(self.options, dtype=torch.int64))
         self.eval()
 
     def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor | None = None,
-                variables: Tensor | None = None, budget: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                variables: Tensor | None = None, clusters: Tensor | None = None,
+                budget: Tensor | None = None) -> tuple[Tensor, ...]:
         n = x.shape[0]
-        levels = self.allocate(x, pos, edge_index, node_type, budget)
+        levels = self.allocate(x, pos, edge_index, node_type, clusters, budget)
+        node_levels, cluster_levels = levels[:n], levels[n:]  # clusters follow the nodes as items
+        sorted_cluster_levels = cluster_levels
         if self.sort_rows:
-            perm = torch.sort(levels, stable=True).indices
+            perm = torch.sort(node_levels, stable=True).indices
             inverse = torch.zeros_like(perm).index_put((perm,), torch.arange(n, device=x.device))
             x, pos = x.index_select(0, perm), pos.index_select(0, perm)
             node_type = node_type.index_select(0, perm) if node_type is not None else None
             variables = variables.index_select(0, perm) if variables is not None else None
             edge_index = inverse.index_select(0, edge_index.reshape(-1)).reshape(2, -1)
-            node_levels = levels.index_select(0, perm)
-            edge_levels = edge_bits(node_levels, edge_index, self.edge_rule)
+            if clusters is not None:  # renumber members (padding stays -1), then sort clusters by bits
+                renumber = torch.cat([inverse, inverse.new_full((1,), -1)])
+                clusters = renumber.index_select(0, cluster_slots(clusters, n)[0].reshape(-1)).view(clusters.shape)
+                if self.has_clusters:
+                    cluster_order = torch.sort(cluster_levels, stable=True).indices
+                    clusters = clusters.index_select(0, cluster_order)
+                    sorted_cluster_levels = cluster_levels.index_select(0, cluster_order)
+            sorted_levels = node_levels.index_select(0, perm)
+            edge_levels = edge_bits(sorted_levels, edge_index, self.edge_rule)
             edge_order = torch.sort(edge_levels, stable=True).indices
             edge_index = edge_index.index_select(1, edge_order)
             edge_levels = edge_levels.index_select(0, edge_order)
         else:
-            node_levels, edge_levels = levels, edge_bits(levels, edge_index, self.edge_rule)
-        self.buckets["node"], self.buckets["edge"] = node_levels, edge_levels
-        pred = self.main.forward_tensors(x, pos, edge_index, None, variables, node_type)
+            sorted_levels, edge_levels = node_levels, edge_bits(node_levels, edge_index, self.edge_rule)
+        self.buckets.update(node=sorted_levels, edge=edge_levels, cluster=sorted_cluster_levels)
+        extra = {"clusters": clusters} if clusters is not None else {}
+        pred = self.main.forward_tensors(x, pos, edge_index, None, variables, node_type, **extra)
         if self.sort_rows:
             pred = pred.index_select(0, inverse)
-        return pred, self.bit_options.index_select(0, levels)
+        if self.has_clusters:
+            return pred, self.bit_options.index_select(0, node_levels), self.bit_options.index_select(0, cluster_levels)
+        return pred, self.bit_options.index_select(0, node_levels)
 
     def allocate(self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor | None,
-                 budget: Tensor | None) -> Tensor:
-        """Option index (0..K-1) of every node under ``budget`` (DESIGN items 4-6)."""
-        n = x.shape[0]
+                 clusters: Tensor | None, budget: Tensor | None) -> Tensor:
+        """Option index (0..K-1) of every node, then of every cluster (models with cluster-domain layers),
+        under ``budget`` (DESIGN items 4-6)."""
+        n, e = x.shape[0], edge_index.shape[1]
+        c = clusters.shape[0] if self.has_clusters else 0
         if len(self.options) == 1:
-            return torch.zeros(n, dtype=torch.int64, device=x.device)
+            return torch.zeros(n + c, dtype=torch.int64, device=x.device)
         if budget is None:
             raise AMQError("the deployed model needs a budget input")
         costs = node_item_costs(self.node_macs, self.edge_macs, edge_index, n, self.weight_bits)
+        if self.has_clusters:
+            costs = torch.cat([costs, costs.new_full((c,), self.cluster_macs * self.weight_bits)])
         capacity = budget.to(torch.float64).reshape(()) * costs.sum()
         if self.aux is not None:
-            scores = self.aux.forward_tensors(x, pos, edge_index, node_type)[0].double().exp()
-            capacity = capacity - aux_bops(macs_from_rows(self.aux_macs, nodes=n, edges=edge_index.shape[1]))
+            node_scores, cluster_scores = self.aux.forward_tensors(
+                x, pos, edge_index, node_type, clusters=clusters if self.has_clusters else None)
+            scores = (torch.cat([node_scores, cluster_scores]) if self.has_clusters else node_scores).double().exp()
+            capacity = capacity - aux_bops(macs_from_rows(self.aux_macs, nodes=n, edges=e, clusters=c))
         else:
             scores = costs
         return allocate_levels_traceable(scores, costs, self.options, capacity)

@@ -53,10 +53,13 @@ def check_target(target: str) -> str:
 
 
 def deployment_meta(qmodel: AMQModel | None, main: nn.Module, normalizer: dict | None = None,
-                    budget: float | None = None) -> dict[str, Any]:
-    """What evaluating the artifact needs without PyTorch: the cost model's layers, options, normaliser."""
+                    budget: float | None = None, cluster_size: int | None = None) -> dict[str, Any]:
+    """What evaluating the artifact needs without PyTorch: the cost model's layers, options, normaliser,
+    and for models that read clusters the cluster size of the data they were trained on."""
     meta: dict[str, Any] = {"arch": main.arch, "config": dict(main.config), "normalizer": normalizer,
                             "inputs": input_names(main), "quantized": qmodel is not None}
+    if cluster_size is not None:
+        meta["cluster_size"] = int(cluster_size)
     if qmodel is not None:
         config = qmodel.amq_config
         meta.update({
@@ -72,14 +75,14 @@ def deployment_meta(qmodel: AMQModel | None, main: nn.Module, normalizer: dict |
 
 def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, target: str = "onnx",
            mode: str = "aux", sort_rows: bool = True, normalizer: dict | None = None,
-           budget: float | None = None) -> ExportResult:
+           budget: float | None = None, cluster_size: int | None = None) -> ExportResult:
     """Export ``qmodel`` for ``target``; ``example`` is one mesh to trace with (any size)."""
     check_target(target)
     path = Path(path)
     module = AMQInferenceModel(qmodel.eval(), mode=mode, sort_rows=sort_rows)
-    meta = deployment_meta(qmodel, qmodel.main, normalizer, budget)
+    meta = deployment_meta(qmodel, qmodel.main, normalizer, budget, cluster_size)
     meta.update({"mode": module.mode, "sort_rows": module.sort_rows})
-    model = to_onnx(module, module.example_inputs(example, meta["budget"]), ["pred", "node_bits"], meta)
+    model = to_onnx(module, module.example_inputs(example, meta["budget"]), module.output_names, meta)
     model, rewrites = apply_rules(model, "onnx")
     _save(model, path)
     result = ExportResult(target, path, rewrites=rewrites, meta=meta)
@@ -100,16 +103,17 @@ class _FloatModule(nn.Module):
         self.main = main
 
     def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor | None = None,
-                variables: Tensor | None = None) -> Tensor:
-        return self.main.forward_tensors(x, pos, edge_index, None, variables, node_type)
+                variables: Tensor | None = None, clusters: Tensor | None = None) -> Tensor:
+        extra = {"clusters": clusters} if clusters is not None else {}
+        return self.main.forward_tensors(x, pos, edge_index, None, variables, node_type, **extra)
 
 
 def export_float(model: nn.Module, path: str | os.PathLike[str], *, example: Any,
-                 normalizer: dict | None = None) -> ExportResult:
+                 normalizer: dict | None = None, cluster_size: int | None = None) -> ExportResult:
     """Export a float model (same inputs as the quantized artifact, without ``budget``)."""
     path = Path(path)
     args = mesh_inputs(example, input_names(model))
-    meta = deployment_meta(None, model, normalizer)
+    meta = deployment_meta(None, model, normalizer, cluster_size=cluster_size)
     onnx_model, rewrites = apply_rules(to_onnx(_FloatModule(model.eval()), args, ["pred"], meta), "onnx")
     _save(onnx_model, path)
     return ExportResult("onnx", path, rewrites=rewrites, meta=meta)
@@ -120,9 +124,10 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
     return atomic_write(path, lambda fh: fh.write(data))
 
 
-def artifact_cost(meta: dict[str, Any], node_bits: Any, edge_index: Any) -> dict[str, float]:
-    """The cost (DESIGN item 3) of one run of an exported model, from its metadata and ``node_bits``:
-    ``b_eff`` charges the auxiliary model's BOPs as in training."""
+def artifact_cost(meta: dict[str, Any], node_bits: Any, edge_index: Any, cluster_bits: Any = None,
+                  num_clusters: int = 0) -> dict[str, float]:
+    """The cost (DESIGN item 3) of one run of an exported model, from its metadata and its ``node_bits``
+    (and ``cluster_bits``) outputs: ``b_eff`` charges the auxiliary model's BOPs as in training."""
     import torch
 
     from amq_export.amq.allocation import edge_bits
@@ -133,9 +138,12 @@ def artifact_cost(meta: dict[str, Any], node_bits: Any, edge_index: Any) -> dict
     edge_index = torch.as_tensor(edge_index, dtype=torch.int64)
     layers = [LayerCost(*layer) for layer in meta["layers"]]
     rows_bits = {"node": node_bits, "edge": edge_bits(node_bits, edge_index, meta["edge_rule"])}
-    aux_macs = (macs_from_rows(meta["aux_macs_per_row"], nodes=node_bits.numel(), edges=edge_index.shape[1])
-                if meta.get("mode") == "aux" else 0)
-    result = bops(layers, rows_bits, [tuple(layer) for layer in meta["float_layers"]], aux_macs=aux_macs)
+    if cluster_bits is not None:
+        rows_bits["cluster"] = torch.as_tensor(cluster_bits, dtype=torch.int64)
+    aux_macs = (macs_from_rows(meta["aux_macs_per_row"], nodes=node_bits.numel(), edges=edge_index.shape[1],
+                               clusters=num_clusters) if meta.get("mode") == "aux" else 0)
+    result = bops(layers, rows_bits, [tuple(layer) for layer in meta["float_layers"]],
+                  rows={"cluster": num_clusters}, aux_macs=aux_macs)
     result["b_eff"] = result.pop("b_charged")
     return result
 
@@ -171,6 +179,7 @@ def run_artifact(runner: Any, meshes: list[Any], normalizer: Any, budget: float 
             run.outputs.append(out)
             run.rel_l2.append(mesh_relative_l2(torch.from_numpy(out["pred"]), mesh, normalizer))
             if "node_bits" in out:
-                run.b_eff.append(artifact_cost(runner.meta, out["node_bits"], mesh.edge_index)["b_eff"])
+                run.b_eff.append(artifact_cost(runner.meta, out["node_bits"], mesh.edge_index, out.get("cluster_bits"),
+                                               mesh.num_clusters)["b_eff"])
             bar.update(task, advance=1)
     return run

@@ -1,6 +1,6 @@
 """Trace a deployable module into a checked, documented ONNX model (dynamo exporter, opset 18).
 
-Dynamic axes are named (``num_nodes``, ``num_edges``), every input and output carries a doc string,
+Dynamic axes are named (``num_nodes``, ``num_edges``, and ``num_clusters``, ``cluster_size`` for GraphViT), every input and output carries a doc string,
 and the model carries the metadata needed to evaluate it without PyTorch (``amq.meta``, JSON).
 """
 
@@ -26,16 +26,20 @@ INPUT_DOCS = {
     "edge_index": "int64 [2, num_edges]: row 0 the source node, row 1 the target node of each edge",
     "node_type": "int64 [num_nodes]: node type id (0 interior, 1 boundary, ...)",
     "variables": "float32 [num_nodes, n_variables]: per-node PDE variables",
+    "clusters": "int64 [num_clusters, cluster_size]: member nodes of each cluster in sequence order, padded "
+                "with -1 (GraphViT)",
     "budget": "float32 scalar: target effective activation bit-width, between the lowest and highest bit option",
 }
 OUTPUT_DOCS = {
     "pred": "float32 [num_nodes, out_features]: prediction, normalised as the training targets",
     "node_bits": "int64 [num_nodes]: activation bit-width allocated to each node",
+    "cluster_bits": "int64 [num_clusters]: activation bit-width allocated to each cluster",
 }
 # Which axis of which input is which dynamic dimension.
 DYNAMIC_AXES = {"x": {0: "num_nodes"}, "pos": {0: "num_nodes"}, "edge_index": {1: "num_edges"},
-                "node_type": {0: "num_nodes"}, "variables": {0: "num_nodes"}}
-ARG_NAMES = ("x", "pos", "edge_index", "node_type", "variables", "budget")
+                "node_type": {0: "num_nodes"}, "variables": {0: "num_nodes"},
+                "clusters": {0: "num_clusters", 1: "cluster_size"}}
+ARG_NAMES = ("x", "pos", "edge_index", "node_type", "variables", "clusters", "budget")
 
 
 def to_onnx(module: nn.Module, args: Sequence[Tensor | None], output_names: Sequence[str],
@@ -43,9 +47,12 @@ def to_onnx(module: nn.Module, args: Sequence[Tensor | None], output_names: Sequ
     """Export ``module(*args)`` (positional, in ``ARG_NAMES`` order, ``None`` for absent inputs)."""
     names = [name for name, arg in zip(ARG_NAMES, args, strict=False) if arg is not None]
     dims = {name: torch.export.Dim(name) for name in ("num_nodes", "num_edges")}
+    # A mesh has at least one cluster of at least one slot (an empty mesh: one row of -1).
+    dims |= {name: torch.export.Dim(name, min=1) for name in ("num_clusters", "cluster_size")}
     dynamic_shapes = {name: ({axis: dims[dim] for axis, dim in DYNAMIC_AXES[name].items()}
                              if arg is not None and name in DYNAMIC_AXES else None)
                       for name, arg in zip(ARG_NAMES, args, strict=False)}
+    _forget_rnn_dispatch()
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         try:
@@ -60,6 +67,19 @@ def to_onnx(module: nn.Module, args: Sequence[Tensor | None], output_names: Sequ
     _document(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _forget_rnn_dispatch() -> None:
+    """Clear the dispatch caches of the RNN ops before exporting.
+
+    The exporter swaps in a while-loop decomposition of ``aten.gru``/``aten.lstm`` (dynamic sequence
+    length) and restores the old kernel afterwards without invalidating the op's dispatch cache, so a
+    second export in the same process unrolls the GRU over the example's cluster size and fails its
+    dynamic ``cluster_size``. (torch 2.13; private attribute, hence the guard.)"""
+    for op in (torch.ops.aten.gru.input, torch.ops.aten.lstm.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
 
 
 def _document(model: onnx.ModelProto, meta: dict[str, Any]) -> None:

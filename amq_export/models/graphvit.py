@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
 from amq_export.checkpoint import load_state_dict_checked
-from amq_export.data.mesh_data import NUM_NODE_TYPES, MeshData
+from amq_export.data.mesh_data import NUM_NODE_TYPES, MeshData, cluster_slots, num_clusters, padded_clusters
 from amq_export.errors import AMQError
 
 MODES = ("unsteady", "steady")
@@ -235,28 +235,50 @@ class GraphViT(nn.Module):
             raise AMQError(
                 "GraphViT needs data.cluster_index [2, M] (member node, cluster id); build clusters first"
             )
-        x, pos, edge_index = data.x, data.pos, data.edge_index
+        clusters = padded_clusters(cluster_index, num_clusters(data))
+        return self.delta_tensors(data.x, data.pos, data.edge_index, data.node_type, clusters,
+                                  getattr(data, "batch", None))
+
+    def forward_tensors(self, x: Tensor, pos: Tensor, edge_index: Tensor, batch: Tensor | None = None,
+                        variables: Tensor | None = None, node_type: Tensor | None = None,
+                        clusters: Tensor | None = None) -> Tensor:
+        """``forward`` on plain tensors (for ``torch.export``), clusters padded [C, K] (``padded_clusters``);
+        the argument order of ``MPPDE.forward_tensors``, which GraphViT extends by ``clusters``. Unsteady
+        held node types keep ``x`` (no forcing input)."""
+        if variables is not None or node_type is None or clusters is None:
+            raise AMQError("GraphViT reads node_type and clusters, and no variables")
+        delta = self.delta_tensors(x, pos, edge_index, node_type, clusters, batch)
+        return delta if self.mode == "steady" else self.integrate(x, delta, node_type)
+
+    def delta_tensors(self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor, clusters: Tensor,
+                      batch: Tensor | None = None) -> Tensor:
+        """``delta`` on plain tensors; ``clusters`` [C, K] member ids padded with -1, ``batch`` [N] graph ids."""
         n = x.size(0)
-        batch = getattr(data, "batch", None)
-        if batch is None:
-            batch = torch.zeros(n, dtype=torch.long, device=x.device)
-        member, cid = cluster_index[0], cluster_index[1]
-        num_clusters = int(cid.max()) + 1 if cid.numel() else 0
-        counts = torch.zeros(num_clusters, dtype=torch.long, device=x.device).index_add(
-            0, cid, torch.ones_like(cid)
-        )
+        num, k = clusters.shape
+        slots, counts = cluster_slots(clusters, n)
+        flat = slots.reshape(-1)
+
+        def gather(rows: Tensor) -> Tensor:
+            """Rows of every cluster slot, [C * K, F]: padding reads a zero row."""
+            return torch.cat([rows, rows.new_zeros(1, rows.size(-1))]).index_select(0, flat)
+
+        def per_slot(values: Tensor) -> Tensor:
+            """Cluster rows [C, F] repeated for each of the K slots, [C * K, F] (not ``repeat_interleave``,
+            whose ONNX translation mishandles a symbolic count)."""
+            return values.unsqueeze(1).expand(num, k, values.size(-1)).reshape(num * k, values.size(-1))
+
+        def scatter_to_nodes(values: Tensor) -> Tensor:
+            """Sum of the slot rows ``values`` [C * K, F] at their member nodes, [N, F]."""
+            return values.new_zeros(n + 1, values.size(-1)).index_add(0, flat, values)[:n]
 
         # Positional codes; a centre is the member mean (the reference divides by count + 1e-8 too).
-        member_pos = pos.index_select(0, member)
-        centre = pos.new_zeros(num_clusters, pos.size(1)).index_add(0, cid, member_pos)
-        centre = centre / (counts.to(pos.dtype).unsqueeze(-1) + 1e-8)
-        rel = self.embed(centre.index_select(0, cid) - member_pos)
-        node_code = torch.cat(
-            [self.embed(pos), pos.new_zeros(n, rel.size(-1)).index_add(0, member, rel)], dim=-1
-        )
+        member_pos = gather(pos)
+        centre = member_pos.view(num, k, pos.size(-1)).sum(1) / (counts.to(pos.dtype).unsqueeze(-1) + 1e-8)
+        rel = self.embed(per_slot(centre) - member_pos)
+        node_code = torch.cat([self.embed(pos), scatter_to_nodes(rel)], dim=-1)
 
         # Encoder.
-        one_hot = (data.node_type.unsqueeze(-1) == self.type_ids).to(x.dtype)
+        one_hot = (node_type.unsqueeze(-1) == self.type_ids).to(x.dtype)
         h = self.node_encoder(torch.cat([x, one_hot], dim=-1))
         d = pos.index_select(0, edge_index[1]) - pos.index_select(0, edge_index[0])
         # vector_norm, not sqrt(sum d^2): same value, but a zero-length edge gets a zero gradient, not NaN.
@@ -267,40 +289,30 @@ class GraphViT(nn.Module):
         features = torch.cat([h, node_code], dim=-1)
 
         # Cluster tokens, attention, broadcast back to the nodes.
-        if cid.numel():
-            tokens = self._pool(features, member, cid, counts)
-            tokens = self._attend(tokens, self.embed(centre), counts, batch.index_select(0, member), cid)
+        if num * k:
+            graph = None if batch is None else torch.cat([batch, batch.new_zeros(1)]).index_select(0, slots[:, 0])
+            tokens = self._pool(gather(features).view(num, k, features.size(-1)), counts)
+            tokens = self._attend(tokens, self.embed(centre), counts, graph)
+            node_token = scatter_to_nodes(per_slot(tokens))
         else:
-            tokens = features.new_zeros(0, self.w_size)
-        node_token = features.new_zeros(n, self.w_size).index_add(0, member, tokens.index_select(0, cid))
+            node_token = features.new_zeros(n, self.w_size)
         out, _ = self.decoder(torch.cat([h, node_token, node_code], dim=-1), e, edge_index)
         return self.final_mlp(out)
 
-    def _pool(self, features: Tensor, member: Tensor, cid: Tensor, counts: Tensor) -> Tensor:
-        """GRU over each cluster's members, padded to [C, K]; the state at the last member -> ``pool_mlp``.
-
-        Like the reference, an empty cluster takes slot K-1.
-        """
-        num_clusters, m = counts.numel(), cid.numel()
-        k = int(counts.max())
-        position = torch.arange(m, device=cid.device)
-        order = torch.argsort(cid * m + position)  # by cluster, keeping the listed member order (unique keys)
-        cid_sorted = cid.index_select(0, order)
-        slot = position - (torch.cumsum(counts, 0) - counts).index_select(0, cid_sorted)
-        padded = features.new_zeros(num_clusters * k, features.size(-1)).index_add(
-            0, cid_sorted * k + slot, features.index_select(0, member.index_select(0, order))
-        )
-        states, _ = self.pool_gru(padded.view(num_clusters, k, -1))
-        last = torch.where(counts > 0, counts - 1, k - 1)
+    def _pool(self, padded: Tensor, counts: Tensor) -> Tensor:
+        """GRU over each cluster's member sequence ``padded`` [C, K, F] (zeros after the members); the
+        state at the last member -> ``pool_mlp``. Like the reference, an empty cluster takes slot K-1."""
+        states, _ = self.pool_gru(padded)
+        last = torch.where(counts > 0, counts - 1, padded.size(1) - 1)
         return self.pool_mlp(states.gather(1, last.view(-1, 1, 1).expand(-1, 1, states.size(-1))).squeeze(1))
 
-    def _attend(
-        self, tokens: Tensor, cluster_code: Tensor, counts: Tensor, member_graph: Tensor, cid: Tensor
-    ) -> Tensor:
-        """Transformer over all clusters as one sequence; a token sees the non-empty clusters of its graph."""
-        graph = torch.zeros_like(counts).scatter(0, cid, member_graph)
+    def _attend(self, tokens: Tensor, cluster_code: Tensor, counts: Tensor, graph: Tensor | None) -> Tensor:
+        """Transformer over all clusters as one sequence; a token sees the non-empty clusters of its graph
+        (``graph`` [C]: each cluster's graph id; ``None``: one graph)."""
         eye = torch.eye(counts.numel(), dtype=torch.bool, device=counts.device)
-        mask = (graph.unsqueeze(1) != graph.unsqueeze(0)) | ((counts == 0).unsqueeze(0) & ~eye)
+        mask = (counts == 0).unsqueeze(0) & ~eye
+        if graph is not None:
+            mask = mask | (graph.unsqueeze(1) != graph.unsqueeze(0))
         w, code = tokens.unsqueeze(0), cluster_code.unsqueeze(0)
         for block in self.transformer:
             w = block(w, code, mask)

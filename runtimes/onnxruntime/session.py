@@ -20,7 +20,7 @@ from amq_export.errors import AMQError
 META_KEY = "amq.meta"
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.InvalidProtobuf,
               ort_state.NoSuchFile, ort_state.NotImplemented, ort_state.RuntimeException)
-_INT_INPUTS = {"edge_index", "node_type"}
+_INT_INPUTS = {"edge_index", "node_type", "clusters"}
 _LEVELS = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
