@@ -56,9 +56,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"- same bit-width on {100 * parity['bits_agreement']:.3f}% of nodes (target >= 99.9%)",
         (f"- prediction relative L2 difference {_fmt(parity['rel_l2'], 3)} over all test meshes (target <= 1e-3); "
          f"worst mesh {_fmt(parity['rel_l2_worst_mesh'], 3)}, max abs {_fmt(parity['max_abs'], 3)}"),
-        (f"- the same integer arithmetic run in PyTorch differs from the fake-quantized model by "
-         f"{_fmt(parity.get('rounding_floor_rel_l2'), 3)}: the floor float rounding alone sets, since a one-ulp "
-         "difference flips a rounding that a deep low-bit model amplifies"),
+        ("- PyTorch evaluates AMQ models with the artifact's integer arithmetic; the float fake quantization "
+         f"of training differs from it by {_fmt(parity.get('fake_quant_rel_l2'), 3)} (a one-ulp difference "
+         "flips a rounding that a deep low-bit model amplifies)"),
         f"- verdict: **{'PASS' if parity['pass'] else 'FAIL'}** (bits and the 1e-3 bound)",
         "",
         "## Artifacts",

@@ -9,7 +9,8 @@ import torch_geometric.nn
 from torch import Tensor, nn
 
 from amq_export.amq.bit_state import BitState
-from amq_export.amq.quant_linear import AdaptiveQuantLinear, calibration_mode
+from amq_export.amq.bucketed_linear import integer_form
+from amq_export.amq.quant_linear import AdaptiveQuantLinear, calibration_mode, fake_quant_eval
 
 BITS = (3, 4, 8)
 
@@ -82,6 +83,26 @@ def test_fixed_scales_match_hand_computation() -> None:
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(layer(x), _hand_forward(layer, x, bits), rtol=1e-5, atol=1e-5)
+
+
+def test_eval_runs_the_integer_arithmetic_and_training_the_fake_quantization() -> None:
+    layer = _layer()
+    x, bits = _swish_rows(300, 6, seed=9), _row_bits(300, seed=9)
+    layer.state.bits["node"] = bits
+    form = integer_form(layer)
+    exact = form(x, torch.searchsorted(torch.tensor(BITS), bits))
+    layer.eval()
+    with torch.no_grad():
+        integer = layer(x)
+        with fake_quant_eval(layer):
+            fake = layer(x)
+    assert torch.equal(integer, exact)  # the exported model's arithmetic, bit for bit
+    assert not torch.equal(integer, fake) and layer.integer_eval
+    torch.testing.assert_close(integer, fake, rtol=1e-5, atol=1e-5)  # one computation, two roundings
+    torch.testing.assert_close(fake, _hand_forward(layer, x, bits), rtol=0, atol=0)
+    layer.train()
+    with torch.no_grad():
+        assert torch.equal(layer(x), fake)  # training (and autograd) keep the fake quantization
 
 
 def test_each_bucket_uses_its_own_scale() -> None:

@@ -15,7 +15,7 @@ integer kernels. :class:`BucketedIntLinear` packs a trained ``AdaptiveQuantLinea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,57 @@ def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, 
     return x.new_empty(x.shape[0], weight_int_t.shape[1])
 
 
+class IntegerForm(NamedTuple):
+    """A trained ``AdaptiveQuantLinear`` as the integers and scales ``bucketed_linear`` takes."""
+
+    act_scale: Tensor  # [K]
+    act_zero_point: Tensor  # [K]
+    act_qmax: Tensor  # [K]
+    weight_int_t: Tensor  # [in, out] int8
+    weight_scale: Tensor  # [out]
+    weight_colsum: Tensor  # [out]
+    bias: Tensor  # [out]
+
+    @property
+    def clip(self) -> bool:
+        """Whether some bucket is narrower than 8 bits (its top must be clamped below 255)."""
+        return bool((self.act_qmax < 255).any())
+
+    def __call__(self, rows: Tensor, row_bucket: Tensor) -> Tensor:
+        """``rows`` [R, in] with bucket indices ``row_bucket`` [R] -> [R, out]."""
+        return torch.ops.amq.bucketed_linear(rows, row_bucket, *self, self.clip)
+
+
+def integer_form(layer: Any) -> IntegerForm:
+    """Freeze ``layer`` (an ``AdaptiveQuantLinear``) into its integer form; AMQError where that does not exist
+    (per-bucket weight bit-widths, signed or wider-than-8-bit activations, non-integer zero points)."""
+    if layer.per_bucket_weight_bits:
+        raise AMQError(f"layer {layer.name!r} uses per-bucket weight bit-widths (a grouped GEMM), which "
+                       "cannot be exported yet: quantize with per_bucket_weight_bits=False")
+    params = layer.act_quant_params()
+    for p in params:
+        if float(p.qmin) != 0.0 or float(p.qmax) > 255:
+            raise AMQError(f"layer {layer.name!r}: activation quantizers must be unsigned 2..8 bit "
+                           f"(range 0..255), got {float(p.qmin):g}..{float(p.qmax):g}")
+        if float(p.zero_point) != round(float(p.zero_point)):
+            raise AMQError(f"layer {layer.name!r}: activation zero point {float(p.zero_point)} is not an integer")
+    weight = layer.weight_quant_params()
+    if float(weight.bit_width) > 8:
+        raise AMQError(f"layer {layer.name!r}: weights at {float(weight.bit_width):g} bits do not fit int8")
+
+    def stack(values: Any) -> Tensor:
+        return torch.stack([v.reshape(()).float() for v in values])
+
+    weight_int = weight.int_weight.round().to(torch.int8)
+    weight_scale = weight.scale.reshape(-1).float().expand(layer.out_features).clone()
+    bias = layer.bias
+    return IntegerForm(
+        stack(p.scale for p in params), stack(p.zero_point for p in params), stack(p.qmax for p in params),
+        weight_int.t().contiguous(), weight_scale, weight_int.float().sum(1) * weight_scale,
+        bias.detach().float().clone() if bias is not None else torch.zeros(layer.out_features),
+    )
+
+
 class BucketedIntLinear(nn.Module):
     """An ``AdaptiveQuantLinear`` frozen into integer form; reads its rows' buckets from ``buckets[domain]``.
 
@@ -57,45 +108,18 @@ class BucketedIntLinear(nn.Module):
 
     def __init__(self, layer: Any, buckets: dict[str, Tensor]) -> None:
         super().__init__()
-        if layer.per_bucket_weight_bits:
-            raise AMQError(f"layer {layer.name!r} uses per-bucket weight bit-widths (a grouped GEMM), which "
-                           "cannot be exported yet: quantize with per_bucket_weight_bits=False")
         self.name, self.domain = layer.name, layer.domain
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.buckets = buckets
-        params = layer.act_quant_params()
-        for p in params:
-            if float(p.qmin) != 0.0 or float(p.qmax) > 255:
-                raise AMQError(f"layer {layer.name!r}: activation quantizers must be unsigned 2..8 bit "
-                               f"(range 0..255), got {float(p.qmin):g}..{float(p.qmax):g}")
-            if float(p.zero_point) != round(float(p.zero_point)):
-                raise AMQError(f"layer {layer.name!r}: activation zero point {float(p.zero_point)} is not an integer")
-        weight = layer.weight_quant_params()
-        if float(weight.bit_width) > 8:
-            raise AMQError(f"layer {layer.name!r}: weights at {float(weight.bit_width):g} bits do not fit int8")
-
-        def stack(values: Any) -> Tensor:
-            return torch.stack([v.reshape(()).float() for v in values])
-
-        self.register_buffer("act_scale", stack(p.scale for p in params))
-        self.register_buffer("act_zero_point", stack(p.zero_point for p in params))
-        self.register_buffer("act_qmax", stack(p.qmax for p in params))
-        self.clip = bool((self.act_qmax < 255).any())
-        weight_int = weight.int_weight.round().to(torch.int8)
-        weight_scale = weight.scale.reshape(-1).float().expand(self.out_features).clone()
-        self.register_buffer("weight_int_t", weight_int.t().contiguous())
-        self.register_buffer("weight_scale", weight_scale)
-        self.register_buffer("weight_colsum", weight_int.float().sum(1) * weight_scale)
-        bias = layer.bias
-        self.register_buffer("bias", bias.detach().float().clone() if bias is not None
-                             else torch.zeros(self.out_features))
+        form = integer_form(layer)
+        for name, value in form._asdict().items():
+            self.register_buffer(name, value)
+        self.clip = form.clip  # a Python bool now: traced graphs cannot branch on buffer values
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        rows = x.reshape(-1, self.in_features)
-        y = torch.ops.amq.bucketed_linear(rows, self.buckets[self.domain], self.act_scale, self.act_zero_point,
-                                          self.act_qmax, self.weight_int_t, self.weight_scale, self.weight_colsum,
-                                          self.bias, self.clip)
+        y = torch.ops.amq.bucketed_linear(x.reshape(-1, self.in_features), self.buckets[self.domain],
+                                          *(getattr(self, name) for name in IntegerForm._fields), self.clip)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -188,10 +188,13 @@ def evaluate(
     normalizer: Any | None = None,
     budget: float | None = None,
     mode: str = "aux",
-    batch_size: int = 8,
+    batch_size: int = 1,
     with_spearman: bool = False,
 ) -> dict[str, float]:
     """Mean per-sample relative L2, measured effective bits (max and mean over batches) and BOPs.
+
+    One mesh per forward by default, as a deployed model runs: the budget then holds for every mesh
+    (``batch_size`` > 1 allocates over each batch jointly, which lets hard meshes borrow bits).
 
     ``oracle`` uses each mesh's own sensitivities (it needs targets); ``with_spearman`` also
     reports the rank correlation of the auxiliary scores with those true sensitivities.

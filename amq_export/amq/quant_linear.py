@@ -28,6 +28,7 @@ from brevitas.quant import Int8WeightPerChannelFloat, ShiftedUint8ActPerTensorFl
 from torch import Tensor, nn
 
 from amq_export.amq.bit_state import DOMAINS, BitState
+from amq_export.amq.bucketed_linear import integer_form
 from amq_export.amq.cost import LayerCost
 
 # Unsigned with a zero point, bit-width overridden per bucket (module docstring says why).
@@ -138,6 +139,9 @@ class AdaptiveQuantLinear(nn.Module):
         self.register_buffer("input_min", torch.tensor(float("inf")))
         self.register_buffer("input_max", torch.tensor(float("-inf")))
         self.calibrating = False
+        # Eval-mode forwards without autograd use the integer arithmetic of the exported model, where it
+        # exists (unsigned activations of <= 8 bits, one weight bit-width): ``integer_eval`` below.
+        self.integer_eval = not per_bucket_weight_bits and _unsigned(act_quant)
         self.to(weight.device)
 
     @property
@@ -215,11 +219,24 @@ class AdaptiveQuantLinear(nn.Module):
         """Fake-quantize the rows of ``x`` [R, in], each bucket's rows with its own quantizer."""
         return buckets.unsort(_per_chunk(self.act_quants, buckets.sort(x), buckets.sizes))
 
+    def row_bucket_index(self, rows: int) -> Tensor:
+        """Bucket index (position in ``bits``) of each of the ``rows`` input rows, int64 [rows]."""
+        layer_bits = self.state.layer_bits or {}
+        if self.name in layer_bits:
+            return torch.full((rows,), self.bits.index(layer_bits[self.name]), dtype=torch.int64)
+        self.row_buckets(rows)  # checks the bits
+        bits = self.state.bits[self.domain]
+        return torch.searchsorted(torch.tensor(self.bits, device=bits.device), bits)
+
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
         if self.calibrating:
             return self._calibration_forward(x).reshape(*lead, self.out_features)
+        if self.integer_eval and not self.training and not torch.is_grad_enabled():
+            # Evaluation runs the deployed arithmetic (bucketed_linear), not float fake quantization.
+            form = integer_form(self)
+            return form(x, self.row_bucket_index(x.size(0))).reshape(*lead, self.out_features)
         # Rows run sorted by bucket: one gather in, contiguous segments, one scatter out (DESIGN item 8).
         buckets = self.row_buckets(x.size(0))
         xq = _per_chunk(self.act_quants, buckets.sort(x), buckets.sizes)
@@ -252,12 +269,30 @@ class AdaptiveQuantLinear(nn.Module):
         return self.linears[0](x)
 
 
+def _unsigned(act_quant: type) -> bool:
+    return not getattr(act_quant, "signed", True)
+
+
 def _per_chunk(modules: nn.ModuleList, x: Tensor, sizes: list[int]) -> Tensor:
     """``modules[k]`` on the k-th segment (``sizes[k]`` rows) of ``x``, concatenated; empty segments skipped."""
     parts = [module(chunk) for module, chunk in zip(modules, x.split(sizes), strict=True) if chunk.size(0)]
     if not parts:
         return modules[0](x)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@contextmanager
+def fake_quant_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, evaluation runs the training numerics (float fake quantization) instead of the integer ones."""
+    layers = [m for m in model.modules() if isinstance(m, AdaptiveQuantLinear)]
+    saved = [layer.integer_eval for layer in layers]
+    try:
+        for layer in layers:
+            layer.integer_eval = False
+        yield model
+    finally:
+        for layer, value in zip(layers, saved, strict=True):
+            layer.integer_eval = value
 
 
 @contextmanager
