@@ -36,8 +36,10 @@ def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_p
     zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
     qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
     q = torch.minimum(torch.round(x / scale + zero_point).clamp_min(0.0), qmax)
-    # Integer GEMM emulated in float64: exact for every product and sum an int8 x uint8 GEMM holds.
-    acc = (q.double() @ weight_int_t.double()).float()
+    # The integer GEMM emulated in float: every partial sum is an integer of magnitude <= 255 * 128 * in,
+    # exact in float32 (any summation order) while that stays below 2^24, and in float64 beyond.
+    exact = torch.float32 if 255 * 128 * x.shape[1] < 2**24 else torch.float64
+    acc = (q.to(exact) @ weight_int_t.to(exact)).float()
     correction = (scale * zero_point) * weight_colsum
     return acc * weight_scale * scale - correction + bias  # the order of ONNX Runtime's MatMulIntegerToFloat
 
