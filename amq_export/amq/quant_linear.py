@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from amq_export.amq.bit_state import DOMAINS, BitState
 from amq_export.amq.bucketed_linear import integer_form
+from amq_export.amq.fake_quant import fuse_activation_quant
 from amq_export.amq.cost import LayerCost
 
 # Unsigned with a zero point, bit-width overridden per bucket (module docstring says why).
@@ -136,6 +137,8 @@ class AdaptiveQuantLinear(nn.Module):
         self.act_quants = nn.ModuleList(
             QuantIdentity(act_quant=act_quant, bit_width=b, return_quant_tensor=False) for b in bits
         )
+        for quant in self.act_quants:  # the same values and gradients in fewer passes (fake_quant.py)
+            fuse_activation_quant(quant)
         self.register_buffer("input_min", torch.tensor(float("inf")))
         self.register_buffer("input_max", torch.tensor(float("-inf")))
         self.calibrating = False
