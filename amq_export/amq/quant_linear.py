@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from amq_export.amq.bit_state import DOMAINS, BitState
 from amq_export.amq.bucketed_linear import integer_form
-from amq_export.amq.fake_quant import fuse_activation_quant
 from amq_export.amq.cost import LayerCost
+from amq_export.amq.fake_quant import fuse_activation_quant
 
 # Unsigned with a zero point, bit-width overridden per bucket (module docstring says why).
 DEFAULT_ACT_QUANT: type = ShiftedUint8ActPerTensorFloat
