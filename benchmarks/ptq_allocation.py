@@ -4,8 +4,11 @@ The Pareto benchmark mixes allocation with fine-tuning. This probe isolates the 
 calibrated (not fine-tuned) quantized model per bit-option set, evaluated at the same budget with
 ``uniform`` (every node the budget's bits; when the budget is not an option, the two adjacent
 options, assigned by node index), ``random`` (seeded scores) and ``oracle`` (each mesh's true
-sensitivities, DESIGN item 5). Prints a table and writes benchmarks/results/ptq_allocation_darcy_<arch>.json:
-{"rows": [{method, bits, budget, b_eff, rel_l2, rel_l2_std, seeds, commit}], ...}.
+sensitivities, DESIGN item 5). It also measures the quantizers' noise against the model the allocator
+assumes: per option b, the mean over layers of ``E[(Q_b(x) - x)^2] / range^2`` divided by ``4^-b``
+(constant if the noise model holds). Prints a table and writes
+benchmarks/results/ptq_allocation_darcy_<arch>.json: {"rows": [{method, bits, budget, b_eff, rel_l2,
+rel_l2_std, seeds, commit}], "noise_over_4^-b": {bits: ratio}, ...}.
 
     python benchmarks/ptq_allocation.py --arch mppde           # 40 test meshes, a few minutes on 2 cores
 """
@@ -16,12 +19,16 @@ import argparse
 import copy
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 from _common import RESULTS, commit, float_checkpoint, print_table, write_json
+from torch import Tensor
+from torch_geometric.data import Batch
 
 from amq_export import load_checkpoint
 from amq_export.amq.config import AMQConfig
+from amq_export.amq.quant_linear import AdaptiveQuantLinear, fake_quant_eval
 from amq_export.api import evaluate, quantize
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.normalizer import Normalizer
@@ -31,6 +38,27 @@ from amq_export.models.presets import CLUSTER_SIZE
 # (budget, bit options): the default window at an option budget, and two-option sets whose uniform
 # baseline must itself mix options
 SETTINGS = [(4.0, (3, 4, 5, 6)), (4.0, (3, 6)), (5.0, (4, 8)), (5.0, (4, 5, 6, 7))]
+
+
+def noise_ratios(qmodel: Any, meshes: list[Any], budget: float) -> dict[int, float]:
+    """Per bit option: mean over quantized layers of the relative quantization noise, over ``4^-b``."""
+    layers = [m for m in qmodel.main.modules() if isinstance(m, AdaptiveQuantLinear)]
+    inputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: inputs.setdefault(mod.name, args[0])) for m in layers]
+    try:
+        with torch.no_grad(), fake_quant_eval(qmodel):
+            qmodel.eval()(Batch.from_data_list(meshes), budget=budget, mode="uniform")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ratios: dict[int, list[float]] = {}
+    with torch.no_grad():
+        for layer in layers:
+            x = inputs[layer.name].reshape(-1, layer.in_features)
+            for b, quant in zip(layer.bits, layer.act_quants, strict=True):
+                noise = float(((quant(x) - x) ** 2).mean() / layer.input_range**2)
+                ratios.setdefault(b, []).append(noise / 4.0**-b)
+    return {b: statistics.mean(values) for b, values in sorted(ratios.items())}
 
 
 def main() -> None:
@@ -48,10 +76,11 @@ def main() -> None:
     dataset = load_mesh_dataset("darcy", resolution=32, n_train=1000, n_test=100,
                                 cluster_size=CLUSTER_SIZE if args.arch == "graphvit" else None)
     test = list(dataset.test)[: args.n_test]
-    rows, rev = [], commit()
+    rows, rev, noise = [], commit(), {}
     for budget, bits in SETTINGS:
         torch.manual_seed(0)
         qmodel = quantize(copy.deepcopy(base), AMQConfig(budget=budget, bits=bits), calibration=dataset.train[:32])
+        noise |= noise_ratios(qmodel, list(dataset.train[:8]), budget)
         for method in ("uniform", "random", "oracle"):
             runs = []
             for seed in range(args.seeds if method == "random" else 1):
@@ -66,7 +95,8 @@ def main() -> None:
     print_table(f"Allocation without QAT, Darcy 32x32, {args.arch}", rows,
                 ["method", "bits", "budget", "b_eff", "rel_l2", "rel_l2_std", "seeds"])
     out = args.out or RESULTS / f"ptq_allocation_darcy_{args.arch}.json"
-    write_json(out, {"rows": rows, "n_test": len(test), "commit": rev})
+    print("quantization noise / 4^-b per option: " + ", ".join(f"{b}: {r:.3f}" for b, r in sorted(noise.items())))
+    write_json(out, {"rows": rows, "noise_over_4^-b": noise, "n_test": len(test), "commit": rev})
     print(f"wrote {out}")
 
 
