@@ -7,12 +7,11 @@ from typing import Any
 
 from amq_export.amq.allocation import validate_bits
 from amq_export.amq.bit_state import DOMAINS, BitState
-from amq_export.amq.config import AMQConfig, check_domain_overrides, check_weight_bits
+from amq_export.amq.config import OTHER, AMQConfig, check_domain_overrides, check_weight_bits  # noqa: F401 (OTHER re-exported)
 from amq_export.amq.cost import FloatLayer, LayerCost
 from amq_export.amq.quant_linear import DEFAULT_ACT_QUANT
 
 # A layer's domain: one of DOMAINS, or OTHER when its rows are none of them (it then stays float).
-OTHER = "other"
 
 
 @dataclass(frozen=True)

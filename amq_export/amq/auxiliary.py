@@ -17,7 +17,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from amq_export.data.mesh_data import NUM_NODE_TYPES, cluster_slots, num_clusters, padded_clusters
+from amq_export.data.mesh_data import NUM_NODE_TYPES, cluster_slots, clusters_of, num_clusters
 from amq_export.errors import AMQError
 
 
@@ -92,7 +92,7 @@ class AuxiliaryGNN(nn.Module):
         batch = getattr(data, "batch", None)
         return self.forward_tensors(
             data.x, data.pos, data.edge_index, data.node_type if self.num_node_types else None,
-            batch, _padded(data), _num_graphs(batch),
+            batch, clusters_of(data) if self.cluster_head is not None else None, _num_graphs(batch),
         )
 
     def forward_tensors(
@@ -140,11 +140,6 @@ class AuxiliaryGNN(nn.Module):
         node = self.encoder.in_features * h + len(self.layers) * per_layer_node + head
         return {"node": node, "edge": len(self.layers) * sd * h, "graph": len(self.layers) * h * h,
                 "cluster": head if self.cluster_head is not None else 0}
-
-
-def _padded(data: Data) -> Tensor | None:
-    cluster_index = getattr(data, "cluster_index", None)
-    return None if cluster_index is None else padded_clusters(cluster_index, num_clusters(data))
 
 
 def _num_graphs(batch: Tensor | None) -> int:

@@ -11,7 +11,8 @@ from amq_export.amq.bit_state import DOMAINS
 from amq_export.errors import AMQError
 
 AUX_TARGETS = ("sensitivity", "error", "deviation")
-LAYER_DOMAINS = (*DOMAINS, "other")  # "other": rows of no domain, the layer stays float
+OTHER = "other"  # rows of no domain: the layer stays float
+LAYER_DOMAINS = (*DOMAINS, OTHER)
 
 
 def check_weight_bits(weight_bits: object) -> int:

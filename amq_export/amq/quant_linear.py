@@ -28,7 +28,7 @@ from brevitas.quant import Int8WeightPerChannelFloat, ShiftedUint8ActPerTensorFl
 from torch import Tensor, nn
 
 from amq_export.amq.bit_state import DOMAINS, BitState
-from amq_export.amq.bucketed_linear import integer_form
+from amq_export.amq.bucketed_linear import IntegerForm, integer_form
 from amq_export.amq.cost import LayerCost
 from amq_export.amq.fake_quant import fuse_activation_quant
 
@@ -145,6 +145,7 @@ class AdaptiveQuantLinear(nn.Module):
         # Eval-mode forwards without autograd use the integer arithmetic of the exported model, where it
         # exists (unsigned activations of <= 8 bits, one weight bit-width): ``integer_eval`` below.
         self.integer_eval = not per_bucket_weight_bits and _unsigned(act_quant)
+        self._integer_cache: tuple | None = None
         self.to(weight.device)
 
     @property
@@ -229,7 +230,22 @@ class AdaptiveQuantLinear(nn.Module):
             return torch.full((rows,), self.bits.index(layer_bits[self.name]), dtype=torch.int64)
         self.row_buckets(rows)  # checks the bits
         bits = self.state.bits[self.domain]
-        return torch.searchsorted(torch.tensor(self.bits, device=bits.device), bits)
+        key = (self.domain, self.bits, "index")  # every layer of a domain shares it, like row_buckets
+        cached = self.state.bucket_cache.get(key)
+        if cached is None or cached[0] is not bits:
+            cached = (bits, torch.searchsorted(torch.tensor(self.bits, device=bits.device), bits))
+            self.state.bucket_cache[key] = cached
+        return cached[1]
+
+    def integer_form(self) -> tuple[IntegerForm, bool]:
+        """The layer's integer form and its ``clip`` flag, rebuilt only when a parameter or buffer changed
+        (an in-place update, an optimizer step or ``load_state_dict``, bumps a tensor's version; a replaced
+        tensor has another identity)."""
+        version = tuple((id(t), t._version) for t in (*self.parameters(), *self.buffers()))
+        if self._integer_cache is None or self._integer_cache[0] != version:
+            form = integer_form(self)
+            self._integer_cache = (version, form, form.clip)
+        return self._integer_cache[1], self._integer_cache[2]
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
@@ -238,8 +254,9 @@ class AdaptiveQuantLinear(nn.Module):
             return self._calibration_forward(x).reshape(*lead, self.out_features)
         if self.integer_eval and not self.training and not torch.is_grad_enabled():
             # Evaluation runs the deployed arithmetic (bucketed_linear), not float fake quantization.
-            form = integer_form(self)
-            return form(x, self.row_bucket_index(x.size(0))).reshape(*lead, self.out_features)
+            form, clip = self.integer_form()
+            y = torch.ops.amq.bucketed_linear(x, self.row_bucket_index(x.size(0)), *form, clip)
+            return y.reshape(*lead, self.out_features)
         # Rows run sorted by bucket: one gather in, contiguous segments, one scatter out (DESIGN item 8).
         buckets = self.row_buckets(x.size(0))
         xq = _per_chunk(self.act_quants, buckets.sort(x), buckets.sizes)

@@ -71,6 +71,12 @@ def cluster_slots(clusters: Tensor, num_nodes: Any) -> tuple[Tensor, Tensor]:
     return torch.where(valid, clusters, num_nodes), valid.sum(1)
 
 
+def clusters_of(data: Any) -> Tensor | None:
+    """The padded clusters [C, K] of any mesh or batch with a ``cluster_index`` (``None`` without one)."""
+    cluster_index = getattr(data, "cluster_index", None)
+    return None if cluster_index is None else padded_clusters(cluster_index, num_clusters(data))
+
+
 class MeshData(Data):
     """PyG ``Data`` that knows how to batch ``cluster_index``."""
 
@@ -81,8 +87,7 @@ class MeshData(Data):
     @property
     def clusters(self) -> Tensor | None:
         """The clusters padded, [C, K] (``padded_clusters``); ``None`` without ``cluster_index``."""
-        cluster_index = getattr(self, "cluster_index", None)
-        return None if cluster_index is None else padded_clusters(cluster_index, num_clusters(self))
+        return clusters_of(self)
 
     def __inc__(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         if key == "cluster_index":

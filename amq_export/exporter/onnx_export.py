@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from amq_export.amq.inference_model import MESH_INPUTS
 from amq_export.errors import AMQError
 from amq_export.exporter.onnx_lowering import OPSET, translation_table
 from runtimes.onnxruntime.session import META_KEY
@@ -39,7 +40,7 @@ OUTPUT_DOCS = {
 DYNAMIC_AXES = {"x": {0: "num_nodes"}, "pos": {0: "num_nodes"}, "edge_index": {1: "num_edges"},
                 "node_type": {0: "num_nodes"}, "variables": {0: "num_nodes"},
                 "clusters": {0: "num_clusters", 1: "cluster_size"}}
-ARG_NAMES = ("x", "pos", "edge_index", "node_type", "variables", "clusters", "budget")
+ARG_NAMES = (*MESH_INPUTS, "budget")
 
 
 def to_onnx(module: nn.Module, args: Sequence[Tensor | None], output_names: Sequence[str],

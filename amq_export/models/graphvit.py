@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
 from amq_export.checkpoint import load_state_dict_checked
-from amq_export.data.mesh_data import NUM_NODE_TYPES, MeshData, cluster_slots, num_clusters, padded_clusters
+from amq_export.data.mesh_data import NUM_NODE_TYPES, MeshData, cluster_slots, clusters_of
 from amq_export.errors import AMQError
 
 MODES = ("unsteady", "steady")
@@ -230,12 +230,11 @@ class GraphViT(nn.Module):
 
     def delta(self, data: Data) -> Tensor:
         """Network output [N, out_features] before the unsteady update (the reference's ``output_hat``)."""
-        cluster_index = getattr(data, "cluster_index", None)
-        if cluster_index is None:
+        clusters = clusters_of(data)
+        if clusters is None:
             raise AMQError(
                 "GraphViT needs data.cluster_index [2, M] (member node, cluster id); build clusters first"
             )
-        clusters = padded_clusters(cluster_index, num_clusters(data))
         return self.delta_tensors(data.x, data.pos, data.edge_index, data.node_type, clusters,
                                   getattr(data, "batch", None))
 

@@ -15,12 +15,12 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
+from amq_export.amq.inference_model import INTEGER_INPUTS
 from amq_export.errors import AMQError
 
 META_KEY = "amq.meta"
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.InvalidProtobuf,
               ort_state.NoSuchFile, ort_state.NotImplemented, ort_state.RuntimeException)
-_INT_INPUTS = {"edge_index", "node_type", "clusters"}
 _LEVELS = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -85,7 +85,7 @@ class OrtModel:
                 raise AMQError(f"{self.path.name} needs input {name!r}, which the data does not have: "
                                f"give meshes with fields {', '.join(self.input_names)}")
             array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            feeds[name] = array.astype(np.int64 if name in _INT_INPUTS else np.float32, copy=False)
+            feeds[name] = array.astype(np.int64 if name in INTEGER_INPUTS else np.float32, copy=False)
         return feeds
 
     def run(self, mesh: Any, budget: float | None = None) -> dict[str, np.ndarray]:
