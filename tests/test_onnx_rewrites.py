@@ -8,24 +8,26 @@ from collections import Counter
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
 from passes.onnx import apply_rules
 
 
-def _integer_gemm_graph(with_zero_point: bool = False) -> onnx.ModelProto:
+def _integer_gemm_graph(zero_point_shape: list | None = None) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     weight = h.make_tensor("w", T.INT8, [6, 4], rng.integers(-127, 128, (6, 4)).astype(np.int8).tobytes(), raw=True)
     w_scale = h.make_tensor("t", T.FLOAT, [4], rng.random(4, dtype=np.float32))
-    inputs = ["a", "w"] + (["zp"] if with_zero_point else [])
+    inputs = ["a", "w"] + (["zp"] if zero_point_shape is not None else [])
     nodes = [
         h.make_node("MatMulInteger", inputs, ["acc"]),
         h.make_node("Cast", ["acc"], ["accf"], to=T.FLOAT),
         h.make_node("Mul", ["accf", "t"], ["y0"]),
         h.make_node("Mul", ["y0", "s"], ["y"]),
     ]
-    inits = [weight, w_scale] + ([h.make_tensor("zp", T.UINT8, [], [3])] if with_zero_point else [])
+    zero_point = h.make_tensor("zp", T.UINT8, zero_point_shape or [], [3] * int(np.prod(zero_point_shape or [])))
+    inits = [weight, w_scale] + ([zero_point] if zero_point_shape is not None else [])
     graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", T.UINT8, ["m", 6]),
                                       h.make_tensor_value_info("s", T.FLOAT, ["m", 1])],
                          [h.make_tensor_value_info("y", T.FLOAT, ["m", 4])], initializer=inits)
@@ -37,8 +39,9 @@ def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-def test_fuse_matmul_integer_to_float_keeps_per_row_scales():
-    model = _integer_gemm_graph()
+@pytest.mark.parametrize("zero_point_shape", [None, [], [1]])
+def test_fuse_matmul_integer_to_float_keeps_per_row_scales(zero_point_shape):
+    model = _integer_gemm_graph(zero_point_shape)
     fused, changes = apply_rules(model, "ort")
     ops = Counter((node.domain, node.op_type) for node in fused.graph.node)
     assert ops == {("com.microsoft", "MatMulIntegerToFloat"): 1}
@@ -48,8 +51,8 @@ def test_fuse_matmul_integer_to_float_keeps_per_row_scales():
     np.testing.assert_array_equal(_run(fused, feeds), _run(model, feeds))  # bit for bit
 
 
-def test_fuse_leaves_a_gemm_with_zero_point_alone():
-    fused, changes = apply_rules(_integer_gemm_graph(with_zero_point=True), "ort")
+def test_fuse_leaves_a_gemm_with_per_row_zero_points_alone():
+    fused, changes = apply_rules(_integer_gemm_graph(zero_point_shape=[5]), "ort")
     assert changes == {} and "MatMulIntegerToFloat" not in {node.op_type for node in fused.graph.node}
 
 

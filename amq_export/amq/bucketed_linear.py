@@ -7,8 +7,8 @@ int8 weight with per-output-channel scales ``t``:
 
     y_r = s_k * t * (q_r - z_k) @ W_int^T + bias
 
-computed as one integer GEMM ``q @ W_int^T`` with a per-row scale and a zero-point correction
-``s_k z_k * colsum(W_int)``. ``torch.ops.amq.bucketed_linear`` is this computation as a custom op,
+computed as one exact integer GEMM of the centered integers ``(q - z) @ W_int^T``, scaled per row and
+column, plus the bias. ``torch.ops.amq.bucketed_linear`` is this computation as a custom op,
 so that ``torch.export`` keeps it as one node; ``amq_export.export`` lowers that node to ONNX
 integer kernels. :class:`BucketedIntLinear` packs a trained ``AdaptiveQuantLinear`` into it.
 """
@@ -25,28 +25,32 @@ from amq_export.errors import AMQError
 
 @torch.library.custom_op("amq::bucketed_linear", mutates_args=())
 def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-                    weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor,
-                    clip: bool = True) -> Tensor:
+                    weight_int_t: Tensor, weight_scale: Tensor, bias: Tensor, clip: bool = True,
+                    shared_zero_point: int = -1) -> Tensor:
     """``x`` [R, in] float, ``row_bucket`` [R] int64 in 0..K-1, per-bucket ``act_*`` [K] float,
     ``weight_int_t`` [in, out] int8 (the transposed integer weight), ``weight_scale`` [out] float,
-    ``weight_colsum`` [out] = ``weight_scale * sum_in W_int`` (for the zero points), ``bias`` [out] -> [R, out].
+    ``bias`` [out] -> [R, out].
+
+    Two flags tell the lowering what it may leave out; the numbers do not depend on them.
     ``clip=False`` promises that every bucket spans the whole uint8 range (8 bits), so saturating to
-    0..255 is the clamp and the lowered graph needs no clipping pass."""
+    0..255 is the clamp. ``shared_zero_point`` ``Z >= 0`` promises that every bucket's integer range,
+    shifted to ``Z``, ``[Z - z_k, Z - z_k + qmax_k]``, fits in 0..255: then all rows quantize with the
+    one zero point ``Z`` and the GEMM takes it as a scalar (``-1``: no such ``Z``)."""
     scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
     zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
     qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
-    q = torch.minimum(torch.round(x / scale + zero_point).clamp_min(0.0), qmax)
+    centered = torch.minimum(torch.round(x / scale + zero_point).clamp_min(0.0), qmax) - zero_point
     # The integer GEMM emulated in float: every partial sum is an integer of magnitude <= 255 * 128 * in,
     # exact in float32 (any summation order) while that stays below 2^24, and in float64 beyond.
     exact = torch.float32 if 255 * 128 * x.shape[1] < 2**24 else torch.float64
-    acc = (q.to(exact) @ weight_int_t.to(exact)).float()
-    correction = (scale * zero_point) * weight_colsum
-    return acc * weight_scale * scale - correction + bias  # the order of ONNX Runtime's MatMulIntegerToFloat
+    acc = (centered.to(exact) @ weight_int_t.to(exact)).float()
+    return acc * weight_scale * scale + bias  # the order of ONNX Runtime's MatMulIntegerToFloat, then the bias
 
 
 @bucketed_linear.register_fake
 def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-      weight_int_t: Tensor, weight_scale: Tensor, weight_colsum: Tensor, bias: Tensor, clip: bool = True) -> Tensor:
+      weight_int_t: Tensor, weight_scale: Tensor, bias: Tensor, clip: bool = True,
+      shared_zero_point: int = -1) -> Tensor:
     return x.new_empty(x.shape[0], weight_int_t.shape[1])
 
 
@@ -58,17 +62,30 @@ class IntegerForm(NamedTuple):
     act_qmax: Tensor  # [K]
     weight_int_t: Tensor  # [in, out] int8
     weight_scale: Tensor  # [out]
-    weight_colsum: Tensor  # [out]
     bias: Tensor  # [out]
 
     @property
     def clip(self) -> bool:
-        """Whether some bucket is narrower than 8 bits (its top must be clamped below 255)."""
+        """Whether some bucket is narrower than 8 bits (its range must be clamped inside 0..255)."""
         return bool((self.act_qmax < 255).any())
+
+    @property
+    def shared_zero_point(self) -> int:
+        """The one uint8 zero point every bucket can be shifted to (see ``bucketed_linear``), or -1.
+
+        The widest zero point is the only candidate (no bucket may start below 0); it fails only where
+        a narrow bucket's range, shifted up to it, would pass 255."""
+        shared = int(self.act_zero_point.max())
+        fits = (shared - self.act_zero_point + self.act_qmax <= 255).all()
+        return shared if bool(fits) else -1
+
+    def flags(self) -> tuple[bool, int]:
+        """``(clip, shared_zero_point)``: the arguments ``bucketed_linear`` takes after the tensors."""
+        return self.clip, self.shared_zero_point
 
     def __call__(self, rows: Tensor, row_bucket: Tensor) -> Tensor:
         """``rows`` [R, in] with bucket indices ``row_bucket`` [R] -> [R, out]."""
-        return torch.ops.amq.bucketed_linear(rows, row_bucket, *self, self.clip)
+        return torch.ops.amq.bucketed_linear(rows, row_bucket, *self, *self.flags())
 
 
 def integer_form(layer: Any) -> IntegerForm:
@@ -96,7 +113,7 @@ def integer_form(layer: Any) -> IntegerForm:
     bias = layer.bias
     return IntegerForm(
         stack(p.scale for p in params), stack(p.zero_point for p in params), stack(p.qmax for p in params),
-        weight_int.t().contiguous(), weight_scale, weight_int.float().sum(1) * weight_scale,
+        weight_int.t().contiguous(), weight_scale,
         bias.detach().float().clone() if bias is not None else torch.zeros(layer.out_features),
     )
 
@@ -116,12 +133,12 @@ class BucketedIntLinear(nn.Module):
         form = integer_form(layer)
         for name, value in form._asdict().items():
             self.register_buffer(name, value)
-        self.clip = form.clip  # a Python bool now: traced graphs cannot branch on buffer values
+        self.flags = form.flags()  # Python values now: traced graphs cannot branch on buffer values
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         y = torch.ops.amq.bucketed_linear(x.reshape(-1, self.in_features), self.buckets[self.domain],
-                                          *(getattr(self, name) for name in IntegerForm._fields), self.clip)
+                                          *(getattr(self, name) for name in IntegerForm._fields), *self.flags)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

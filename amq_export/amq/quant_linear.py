@@ -237,14 +237,14 @@ class AdaptiveQuantLinear(nn.Module):
             self.state.bucket_cache[key] = cached
         return cached[1]
 
-    def integer_form(self) -> tuple[IntegerForm, bool]:
-        """The layer's integer form and its ``clip`` flag, rebuilt only when a parameter or buffer changed
+    def integer_form(self) -> tuple[IntegerForm, tuple[bool, int]]:
+        """The layer's integer form and its flags (``IntegerForm.flags``), rebuilt only when a parameter or buffer changed
         (an in-place update, an optimizer step or ``load_state_dict``, bumps a tensor's version; a replaced
         tensor has another identity)."""
         version = tuple((id(t), t._version) for t in (*self.parameters(), *self.buffers()))
         if self._integer_cache is None or self._integer_cache[0] != version:
             form = integer_form(self)
-            self._integer_cache = (version, form, form.clip)
+            self._integer_cache = (version, form, form.flags())
         return self._integer_cache[1], self._integer_cache[2]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -254,8 +254,8 @@ class AdaptiveQuantLinear(nn.Module):
             return self._calibration_forward(x).reshape(*lead, self.out_features)
         if self.integer_eval and not self.training and not torch.is_grad_enabled():
             # Evaluation runs the deployed arithmetic (bucketed_linear), not float fake quantization.
-            form, clip = self.integer_form()
-            y = torch.ops.amq.bucketed_linear(x, self.row_bucket_index(x.size(0)), *form, clip)
+            form, flags = self.integer_form()
+            y = torch.ops.amq.bucketed_linear(x, self.row_bucket_index(x.size(0)), *form, *flags)
             return y.reshape(*lead, self.out_features)
         # Rows run sorted by bucket: one gather in, contiguous segments, one scatter out (DESIGN item 8).
         buckets = self.row_buckets(x.size(0))

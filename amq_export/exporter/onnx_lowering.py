@@ -1,10 +1,14 @@
 """How the graph's non-standard torch ops become ONNX (translations for ``torch.onnx.export``).
 
-- ``amq::bucketed_linear`` -> per-row scale, zero point and top gathered from the row's bucket;
-  one per-row ``QuantizeLinear`` (axis 0) to uint8, ``sat(round(x / s) + z)``: the same integers
-  as Brevitas' ``clamp(round(x / s + z), 0, qmax)`` for integer ``z`` once the top is clamped in
-  uint8 (checked bit for bit in ONNX Runtime); one ``MatMulInteger`` against the int8 weight, then ``acc * t * s - s * z * colsum + bias`` (ONNX Runtime's ``MatMulInteger`` takes
-  only a scalar activation zero point, so the zero points are corrected after the GEMM).
+- ``amq::bucketed_linear`` -> per-row scale gathered from the row's bucket; one per-row
+  ``QuantizeLinear`` (axis 0) to uint8, ``sat(round(x / s) + z)``: the same integers as Brevitas'
+  ``clamp(round(x / s + z), 0, qmax)`` for integer ``z`` once the range is clamped in uint8 (checked
+  bit for bit in ONNX Runtime); one ``MatMulInteger`` against the int8 weight, then
+  ``acc * t * s + bias``. ONNX Runtime's integer GEMMs take one scalar activation zero point, so
+  where the buckets allow (``shared_zero_point``) every row is quantized around the same zero point
+  and clamped to its bucket's shifted range in uint8; the GEMM subtracts it and the ``ort`` target
+  fuses it all into ``MatMulIntegerToFloat``. Otherwise each row keeps its own zero point and the
+  GEMM's int32 result is corrected by ``z * colsum(W_int)`` (exact, but two more passes over it).
 - ``aten.sort.stable`` -> ``TopK`` over the whole axis; ONNX breaks ``TopK`` ties by the lower
   index, which is what a stable sort does.
 """
@@ -14,26 +18,37 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from onnxscript import FLOAT, UINT8
+from onnxscript import FLOAT, INT32, UINT8
 from onnxscript import opset18 as op
 
 OPSET = 18
 
 
-def bucketed_linear(x, row_bucket, act_scale, act_zero_point, act_qmax, weight_int_t, weight_scale,
-                    weight_colsum, bias, clip: bool = True):
+def bucketed_linear(x, row_bucket, act_scale, act_zero_point, act_qmax, weight_int_t, weight_scale, bias,
+                    clip: bool = True, shared_zero_point: int = -1):
     axis1 = op.Constant(value_ints=[1])
     scale = op.Gather(act_scale, row_bucket, axis=0)  # [R]
-    zero_point = op.Gather(op.Cast(act_zero_point, to=UINT8.dtype), row_bucket, axis=0)
-    # QuantizeLinear saturates at 0 (every bucket's lower bound) and 255; narrower buckets are
-    # clamped to their own top in uint8, a quarter of the memory traffic of a float clamp.
-    q = op.QuantizeLinear(x, scale, zero_point, axis=0)
-    if clip:
-        q = op.Min(q, op.Unsqueeze(op.Gather(op.Cast(act_qmax, to=UINT8.dtype), row_bucket, axis=0), axis1))
-    acc = op.MatMulInteger(q, weight_int_t)
-    y = op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), weight_scale), op.Unsqueeze(scale, axis1))
-    offset = op.Unsqueeze(op.Gather(op.Mul(act_scale, act_zero_point), row_bucket, axis=0), axis1)
-    return op.Add(op.Sub(y, op.Mul(offset, weight_colsum)), bias)
+    row_scale = op.Unsqueeze(scale, axis1)
+
+    def per_row_uint8(values):  # [K] float integers -> [R, 1] uint8
+        return op.Unsqueeze(op.Gather(op.Cast(values, to=UINT8.dtype), row_bucket, axis=0), axis1)
+
+    if shared_zero_point >= 0:
+        shared = op.Cast(op.Constant(value_int=shared_zero_point), to=UINT8.dtype)
+        q = op.QuantizeLinear(x, scale, op.Expand(shared, op.Shape(scale)), axis=0)
+        if clip:  # bucket k's integers, shifted to the shared zero point: Z - z_k .. Z - z_k + qmax_k
+            low = op.Sub(op.Constant(value_float=float(shared_zero_point)), act_zero_point)
+            q = op.Min(op.Max(q, per_row_uint8(low)), per_row_uint8(op.Add(low, act_qmax)))
+        acc = op.MatMulInteger(q, weight_int_t, shared)
+    else:
+        zero_point = op.Gather(op.Cast(act_zero_point, to=UINT8.dtype), row_bucket, axis=0)
+        q = op.QuantizeLinear(x, scale, zero_point, axis=0)
+        if clip:
+            q = op.Min(q, per_row_uint8(act_qmax))
+        colsum = op.ReduceSum(op.Cast(weight_int_t, to=INT32.dtype), op.Constant(value_ints=[0]), keepdims=0)
+        zero_point = op.Cast(op.Unsqueeze(zero_point, axis1), to=INT32.dtype)
+        acc = op.Sub(op.MatMulInteger(q, weight_int_t), op.Mul(zero_point, colsum))
+    return op.Add(op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), weight_scale), row_scale), bias)
 
 
 def sort_stable(x, stable=None, dim=-1, descending=False):

@@ -7,11 +7,11 @@ from collections import Counter
 import onnx
 from onnxscript.rewriter import rewrite
 
-from passes.onnx.fuse_matmul_integer_to_float import RULE as FUSE_MATMUL_INTEGER_TO_FLOAT
+from passes.onnx.fuse_matmul_integer_to_float import RULES as FUSE_MATMUL_INTEGER_TO_FLOAT
 from passes.onnx.scatter_add_rows import RULE as SCATTER_ADD_ROWS
 
 # Every artifact (float ones too, so that comparisons stay fair) gets the "onnx" rules.
-RULES_BY_TARGET = {"onnx": [SCATTER_ADD_ROWS], "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT]}
+RULES_BY_TARGET = {"onnx": [SCATTER_ADD_ROWS], "ort": FUSE_MATMUL_INTEGER_TO_FLOAT}
 
 
 def apply_rules(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto, dict[str, int]]:

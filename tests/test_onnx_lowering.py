@@ -1,0 +1,71 @@
+"""The ONNX lowering of ``amq::bucketed_linear``, on hand-made integer forms: ONNX Runtime computes
+the PyTorch op's numbers bit for bit, with one shared activation zero point (fused into
+``MatMulIntegerToFloat`` for the ``ort`` target) and without one (per-row zero points, corrected in int32)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import Tensor, nn
+
+from amq_export.amq.bucketed_linear import IntegerForm
+from amq_export.exporter.onnx_lowering import OPSET, translation_table
+from passes.onnx import apply_rules
+
+
+def _form(zero_points: tuple[int, ...], bits: tuple[int, ...], seed: int = 0) -> IntegerForm:
+    gen = torch.Generator().manual_seed(seed)
+    in_features, out_features = 24, 8
+    return IntegerForm(
+        act_scale=torch.rand(len(bits), generator=gen) * 0.1 + 0.01,
+        act_zero_point=torch.tensor(zero_points, dtype=torch.float32),
+        act_qmax=torch.tensor([2.0 ** b - 1 for b in bits]),
+        weight_int_t=torch.randint(-127, 128, (in_features, out_features), generator=gen, dtype=torch.int8),
+        weight_scale=torch.rand(out_features, generator=gen) * 0.01 + 0.001,
+        bias=torch.randn(out_features, generator=gen),
+    )
+
+
+class _Layer(nn.Module):
+    def __init__(self, form: IntegerForm) -> None:
+        super().__init__()
+        self.form, self.flags = form, form.flags()  # Python values: traced code cannot branch on tensors
+
+    def forward(self, x: Tensor, row_bucket: Tensor) -> Tensor:
+        return torch.ops.amq.bucketed_linear(x, row_bucket, *self.form, *self.flags)
+
+
+def _export(form: IntegerForm, x: Tensor, row_bucket: Tensor):
+    rows = torch.export.Dim("rows")
+    program = torch.onnx.export(_Layer(form).eval(), (x, row_bucket), dynamo=True, opset_version=OPSET,
+                                input_names=["x", "row_bucket"], dynamic_shapes=({0: rows}, {0: rows}),
+                                custom_translation_table=translation_table(), verbose=False)
+    return program.model_proto
+
+
+@pytest.mark.parametrize(("zero_points", "bits", "shared"), [
+    ((2, 40), (4, 8), 40),  # 4-bit range shifted to 40: 38..53, inside uint8
+    ((15, 3), (4, 8), -1),  # the 8-bit bucket leaves no room above zero point 15: per-row zero points
+    ((7,), (8,), 7),  # uniform 8 bits: no clamp at all
+])
+def test_lowering_matches_the_op_bit_for_bit(zero_points, bits, shared) -> None:
+    form = _form(zero_points, bits)
+    assert form.shared_zero_point == shared
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 24, generator=gen) * 3  # many values outside every bucket's range
+    row_bucket = torch.randint(0, len(bits), (300,), generator=gen)
+    expected = form(x, row_bucket).numpy()
+    model = _export(form, x[:7], row_bucket[:7])
+    fused, changes = apply_rules(model, "ort")
+    assert changes.get("MatMulIntegerToFloat", 0) == (1 if shared >= 0 else 0)
+    feeds = {"x": x.numpy(), "row_bucket": row_bucket.numpy()}
+    for graph in (model, fused):
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
+    ops = Counter(node.op_type for node in model.graph.node)
+    narrow = bits[0] < 8  # a narrow bucket is clamped at its top, and from below where it is shifted
+    assert (ops["Min"], ops["Max"]) == (int(narrow), int(narrow and shared >= 0))
