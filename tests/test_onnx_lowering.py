@@ -1,6 +1,7 @@
-"""The ONNX lowering of ``amq::bucketed_linear``, on hand-made integer forms: ONNX Runtime computes
-the PyTorch op's numbers bit for bit, with one shared activation zero point (fused into
-``MatMulIntegerToFloat`` for the ``ort`` target) and without one (per-row zero points, corrected in int32)."""
+"""The ONNX lowering of the integer Linear ops, on hand-made integer forms: ONNX Runtime computes the
+PyTorch ops' numbers bit for bit, with one shared activation zero point (fused into
+``MatMulIntegerToFloat`` for the ``ort`` target) and without one (per-row zero points, corrected in
+int32), and for edge rows of gathered node rows quantized before the gather."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from amq_export.amq.bucketed_linear import IntegerForm
+from amq_export.amq.bucketed_linear import BucketedIntLinear, IntegerForm
 from amq_export.exporter.onnx_lowering import OPSET, translation_table
+from amq_export.models.gathered_linear import gathered_linear
 from passes.onnx import apply_rules
 
 
@@ -69,3 +71,43 @@ def test_lowering_matches_the_op_bit_for_bit(zero_points, bits, shared) -> None:
     ops = Counter(node.op_type for node in model.graph.node)
     narrow = bits[0] < 8  # a narrow bucket is clamped at its top, and from below where it is shifted
     assert (ops["Min"], ops["Max"]) == (int(narrow), int(narrow and shared >= 0))
+
+
+class _EdgeLayer(nn.Module):
+    """The first Linear of an edge MLP on [h_dst, h_src, rest], as ``gathered_linear`` calls it."""
+
+    def __init__(self, form: IntegerForm) -> None:
+        super().__init__()
+        self.buckets: dict[str, Tensor] = {}
+        self.linear = BucketedIntLinear(form, self.buckets, "edge_linear", "edge")
+
+    def forward(self, h: Tensor, edge_index: Tensor, rest: Tensor, row_bucket: Tensor) -> Tensor:
+        self.buckets["edge"] = row_bucket
+        return gathered_linear(self.linear, h, (edge_index[1], edge_index[0]), rest)
+
+
+@pytest.mark.parametrize(("zero_points", "bits"), [((2, 40, 9), (3, 8, 4)), ((15, 3), (4, 8))])
+def test_gathered_rows_quantize_before_the_gather_bit_for_bit(zero_points, bits) -> None:
+    form = _form(zero_points, bits)  # 24 inputs: 2 x 10 gathered node columns + 4 of the edge's own
+    layer = _EdgeLayer(form).eval()
+    gen = torch.Generator().manual_seed(2)
+    n, e = 50, 400
+    h, rest = torch.randn(n, 10, generator=gen) * 3, torch.randn(e, 4, generator=gen)
+    edge_index = torch.randint(0, n, (2, e), generator=gen)
+    row_bucket = torch.randint(0, len(bits), (e,), generator=gen)
+    got = layer(h, edge_index, rest, row_bucket)
+    plain = torch.cat([h[edge_index[1]], h[edge_index[0]], rest], -1)
+    assert torch.equal(got, form(plain, row_bucket))  # the same numbers as the plain concatenation
+    nodes, edges = torch.export.Dim("nodes"), torch.export.Dim("edges")
+    program = torch.onnx.export(layer, (h[:7], edge_index[:, :9] % 7, rest[:9], row_bucket[:9]), dynamo=True,
+                                opset_version=OPSET, input_names=["h", "edge_index", "rest", "row_bucket"],
+                                dynamic_shapes=({0: nodes}, {1: edges}, {0: edges}, {0: edges}),
+                                custom_translation_table=translation_table(), verbose=False)
+    model = program.model_proto
+    ops = Counter(node.op_type for node in model.graph.node)
+    shared = form.shared_zero_point >= 0
+    assert ops["QuantizeLinear"] == (len(bits) + 1 if shared else 1)  # K node-row copies and the rest
+    feeds = {"h": h.numpy(), "edge_index": edge_index.numpy(), "rest": rest.numpy(), "row_bucket": row_bucket.numpy()}
+    for graph in (model, apply_rules(model, "ort")[0]):
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, feeds)[0], got.numpy())

@@ -10,17 +10,38 @@ int8 weight with per-output-channel scales ``t``:
 computed as one exact integer GEMM of the centered integers ``(q - z) @ W_int^T``, scaled per row and
 column, plus the bias. ``torch.ops.amq.bucketed_linear`` is this computation as a custom op,
 so that ``torch.export`` keeps it as one node; ``amq_export.export`` lowers that node to ONNX
-integer kernels. :class:`BucketedIntLinear` packs a trained ``AdaptiveQuantLinear`` into it.
+integer kernels. :class:`BucketedIntLinear` runs a trained ``AdaptiveQuantLinear`` frozen into it (``integer_form``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from amq_export.errors import AMQError
+
+
+def _centered(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor,
+              act_qmax: Tensor) -> Tensor:
+    """The integers ``clamp(round(x / s + z), 0, qmax) - z`` of every row at its bucket (as floats)."""
+    scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
+    zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
+    qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
+    return torch.minimum(torch.round(x / scale + zero_point).clamp_min(0.0), qmax) - zero_point
+
+
+def _scaled_gemm(centered: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor,
+                 weight_scale: Tensor, bias: Tensor) -> Tensor:
+    """``(centered @ W_int) * t * s_row + bias``, the GEMM exact."""
+    # The integer GEMM emulated in float: every partial sum is an integer of magnitude <= 255 * 128 * in,
+    # exact in float32 (any summation order) while that stays below 2^24, and in float64 beyond.
+    exact = torch.float32 if 255 * 128 * centered.shape[1] < 2**24 else torch.float64
+    acc = (centered.to(exact) @ weight_int_t.to(exact)).float()
+    scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
+    return acc * weight_scale * scale + bias  # the order of ONNX Runtime's MatMulIntegerToFloat, then the bias
 
 
 @torch.library.custom_op("amq::bucketed_linear", mutates_args=())
@@ -36,15 +57,8 @@ def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_p
     0..255 is the clamp. ``shared_zero_point`` ``Z >= 0`` promises that every bucket's integer range,
     shifted to ``Z``, ``[Z - z_k, Z - z_k + qmax_k]``, fits in 0..255: then all rows quantize with the
     one zero point ``Z`` and the GEMM takes it as a scalar (``-1``: no such ``Z``)."""
-    scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
-    zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
-    qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
-    centered = torch.minimum(torch.round(x / scale + zero_point).clamp_min(0.0), qmax) - zero_point
-    # The integer GEMM emulated in float: every partial sum is an integer of magnitude <= 255 * 128 * in,
-    # exact in float32 (any summation order) while that stays below 2^24, and in float64 beyond.
-    exact = torch.float32 if 255 * 128 * x.shape[1] < 2**24 else torch.float64
-    acc = (centered.to(exact) @ weight_int_t.to(exact)).float()
-    return acc * weight_scale * scale + bias  # the order of ONNX Runtime's MatMulIntegerToFloat, then the bias
+    centered = _centered(x, row_bucket, act_scale, act_zero_point, act_qmax)
+    return _scaled_gemm(centered, row_bucket, act_scale, weight_int_t, weight_scale, bias)
 
 
 @bucketed_linear.register_fake
@@ -52,6 +66,33 @@ def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, 
       weight_int_t: Tensor, weight_scale: Tensor, bias: Tensor, clip: bool = True,
       shared_zero_point: int = -1) -> Tensor:
     return x.new_empty(x.shape[0], weight_int_t.shape[1])
+
+
+@torch.library.custom_op("amq::quantize_rows", mutates_args=())
+def quantize_rows(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
+                  clip: bool, shared_zero_point: int) -> Tensor:
+    """The first half of ``bucketed_linear`` where ``shared_zero_point`` ``Z >= 0``: every row's integers
+    shifted to ``Z``, uint8 [R, in]."""
+    return (_centered(x, row_bucket, act_scale, act_zero_point, act_qmax) + shared_zero_point).to(torch.uint8)
+
+
+@quantize_rows.register_fake
+def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
+      clip: bool, shared_zero_point: int) -> Tensor:
+    return x.new_empty(x.shape, dtype=torch.uint8)
+
+
+@torch.library.custom_op("amq::int_linear", mutates_args=())
+def int_linear(q: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor, weight_scale: Tensor,
+               bias: Tensor, shared_zero_point: int) -> Tensor:
+    """The second half: the GEMM of ``quantize_rows``' uint8 rows around ``Z``, scaled, plus the bias."""
+    return _scaled_gemm(q.float() - shared_zero_point, row_bucket, act_scale, weight_int_t, weight_scale, bias)
+
+
+@int_linear.register_fake
+def _(q: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor, weight_scale: Tensor,
+      bias: Tensor, shared_zero_point: int) -> Tensor:
+    return q.new_empty(q.shape[0], weight_int_t.shape[1], dtype=torch.float32)
 
 
 class IntegerForm(NamedTuple):
@@ -119,20 +160,20 @@ def integer_form(layer: Any) -> IntegerForm:
 
 
 class BucketedIntLinear(nn.Module):
-    """An ``AdaptiveQuantLinear`` frozen into integer form; reads its rows' buckets from ``buckets[domain]``.
+    """A Linear in integer form (an ``AdaptiveQuantLinear`` frozen by ``integer_form``); reads its rows'
+    buckets from ``buckets[domain]``.
 
     ``buckets`` is a dict shared by all layers of one model (the inference wrapper fills it before
     the main model runs), so the main model's code stays as it is.
     """
 
-    def __init__(self, layer: Any, buckets: dict[str, Tensor]) -> None:
+    def __init__(self, form: IntegerForm, buckets: dict[str, Tensor], name: str, domain: str) -> None:
         super().__init__()
-        self.name, self.domain = layer.name, layer.domain
-        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.name, self.domain = name, domain
+        self.in_features, self.out_features = form.weight_int_t.shape
         self.buckets = buckets
-        form = integer_form(layer)
-        for name, value in form._asdict().items():
-            self.register_buffer(name, value)
+        for field, value in form._asdict().items():
+            self.register_buffer(field, value)
         self.flags = form.flags()  # Python values now: traced graphs cannot branch on buffer values
 
     def forward(self, x: Tensor) -> Tensor:
@@ -140,6 +181,27 @@ class BucketedIntLinear(nn.Module):
         y = torch.ops.amq.bucketed_linear(x.reshape(-1, self.in_features), self.buckets[self.domain],
                                           *(getattr(self, name) for name in IntegerForm._fields), *self.flags)
         return y.reshape(*lead, self.out_features)
+
+    def gathered(self, h: Tensor, indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
+        """``self(cat([h[i] for i in indices] + [rest], -1))`` (``models.gathered_linear``), the same numbers
+        computed in another order: ``h``'s N rows are quantized once per bucket, and every row takes its
+        bucket's copy of ``h[i]``, so the E-row gathers and the concatenation move uint8 instead of floats.
+        Needs one shared zero point (else: the plain way)."""
+        clip, shared = self.flags
+        if shared < 0:
+            parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
+            return self(torch.cat(parts, dim=-1))
+        row_bucket = self.buckets[self.domain]
+        act = (self.act_scale, self.act_zero_point, self.act_qmax)
+        n = h.shape[0]
+        per_bucket = torch.cat([torch.ops.amq.quantize_rows(h, row_bucket.new_full((n,), k), *act, clip, shared)
+                                for k in range(self.act_scale.shape[0])])  # [K * N, in]: bucket k at k * N
+        offset = row_bucket * n
+        parts = [per_bucket.index_select(0, offset + index) for index in indices]
+        if rest is not None:
+            parts.append(torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared))
+        return torch.ops.amq.int_linear(torch.cat(parts, dim=-1), row_bucket, self.act_scale, self.weight_int_t,
+                                        self.weight_scale, self.bias, shared)
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, domain={self.domain}, in={self.in_features}, out={self.out_features}"

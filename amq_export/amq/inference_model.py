@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from amq_export.amq.allocation import allocate_levels_traceable, edge_bits, node_item_costs
 from amq_export.amq.auxiliary import macs_from_rows
-from amq_export.amq.bucketed_linear import BucketedIntLinear
+from amq_export.amq.bucketed_linear import BucketedIntLinear, integer_form
 from amq_export.amq.cost import aux_bops
 from amq_export.amq.model import AMQModel
 from amq_export.amq.quant_linear import AdaptiveQuantLinear
@@ -166,5 +166,5 @@ def _freeze(main: nn.Module, buckets: dict[str, Tensor]) -> nn.Module:
         if isinstance(module, AdaptiveQuantLinear):
             parent_name, _, child = name.rpartition(".")
             parent = frozen.get_submodule(parent_name) if parent_name else frozen
-            setattr(parent, child, BucketedIntLinear(module, buckets))
+            setattr(parent, child, BucketedIntLinear(integer_form(module), buckets, module.name, module.domain))
     return frozen

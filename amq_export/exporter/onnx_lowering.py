@@ -9,6 +9,8 @@
   and clamped to its bucket's shifted range in uint8; the GEMM subtracts it and the ``ort`` target
   fuses it all into ``MatMulIntegerToFloat``. Otherwise each row keeps its own zero point and the
   GEMM's int32 result is corrected by ``z * colsum(W_int)`` (exact, but two more passes over it).
+- ``amq::quantize_rows`` and ``amq::int_linear``, the two halves of the shared-zero-point case (used
+  where a layer's rows are gathered node rows, ``BucketedIntLinear.gathered``), lower alike.
 - ``aten.sort.stable`` -> ``TopK`` over the whole axis; ONNX breaks ``TopK`` ties by the lower
   index, which is what a stable sort does.
 """
@@ -24,31 +26,46 @@ from onnxscript import opset18 as op
 OPSET = 18
 
 
+def _per_row_uint8(values, row_bucket):  # [K] float integers -> [R, 1] uint8
+    return op.Unsqueeze(op.Gather(op.Cast(values, to=UINT8.dtype), row_bucket, axis=0), op.Constant(value_ints=[1]))
+
+
+def _scaled(acc, row_bucket, act_scale, weight_scale, bias):  # int32 [R, out] -> acc * t * s_row + bias
+    row_scale = op.Unsqueeze(op.Gather(act_scale, row_bucket, axis=0), op.Constant(value_ints=[1]))
+    return op.Add(op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), weight_scale), row_scale), bias)
+
+
+def _shared(shared_zero_point: int):
+    return op.Cast(op.Constant(value_int=shared_zero_point), to=UINT8.dtype)
+
+
+def quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip: bool, shared_zero_point: int):
+    scale = op.Gather(act_scale, row_bucket, axis=0)  # [R]
+    q = op.QuantizeLinear(x, scale, op.Expand(_shared(shared_zero_point), op.Shape(scale)), axis=0)
+    if clip:  # bucket k's integers, shifted to the shared zero point: Z - z_k .. Z - z_k + qmax_k
+        low = op.Sub(op.Constant(value_float=float(shared_zero_point)), act_zero_point)
+        q = op.Min(op.Max(q, _per_row_uint8(low, row_bucket)), _per_row_uint8(op.Add(low, act_qmax), row_bucket))
+    return q
+
+
+def int_linear(q, row_bucket, act_scale, weight_int_t, weight_scale, bias, shared_zero_point: int):
+    acc = op.MatMulInteger(q, weight_int_t, _shared(shared_zero_point))
+    return _scaled(acc, row_bucket, act_scale, weight_scale, bias)
+
+
 def bucketed_linear(x, row_bucket, act_scale, act_zero_point, act_qmax, weight_int_t, weight_scale, bias,
                     clip: bool = True, shared_zero_point: int = -1):
-    axis1 = op.Constant(value_ints=[1])
-    scale = op.Gather(act_scale, row_bucket, axis=0)  # [R]
-    row_scale = op.Unsqueeze(scale, axis1)
-
-    def per_row_uint8(values):  # [K] float integers -> [R, 1] uint8
-        return op.Unsqueeze(op.Gather(op.Cast(values, to=UINT8.dtype), row_bucket, axis=0), axis1)
-
     if shared_zero_point >= 0:
-        shared = op.Cast(op.Constant(value_int=shared_zero_point), to=UINT8.dtype)
-        q = op.QuantizeLinear(x, scale, op.Expand(shared, op.Shape(scale)), axis=0)
-        if clip:  # bucket k's integers, shifted to the shared zero point: Z - z_k .. Z - z_k + qmax_k
-            low = op.Sub(op.Constant(value_float=float(shared_zero_point)), act_zero_point)
-            q = op.Min(op.Max(q, per_row_uint8(low)), per_row_uint8(op.Add(low, act_qmax)))
-        acc = op.MatMulInteger(q, weight_int_t, shared)
-    else:
-        zero_point = op.Gather(op.Cast(act_zero_point, to=UINT8.dtype), row_bucket, axis=0)
-        q = op.QuantizeLinear(x, scale, zero_point, axis=0)
-        if clip:
-            q = op.Min(q, per_row_uint8(act_qmax))
-        colsum = op.ReduceSum(op.Cast(weight_int_t, to=INT32.dtype), op.Constant(value_ints=[0]), keepdims=0)
-        zero_point = op.Cast(op.Unsqueeze(zero_point, axis1), to=INT32.dtype)
-        acc = op.Sub(op.MatMulInteger(q, weight_int_t), op.Mul(zero_point, colsum))
-    return op.Add(op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), weight_scale), row_scale), bias)
+        q = quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
+        return int_linear(q, row_bucket, act_scale, weight_int_t, weight_scale, bias, shared_zero_point)
+    zero_point = op.Gather(op.Cast(act_zero_point, to=UINT8.dtype), row_bucket, axis=0)
+    q = op.QuantizeLinear(x, op.Gather(act_scale, row_bucket, axis=0), zero_point, axis=0)
+    if clip:
+        q = op.Min(q, _per_row_uint8(act_qmax, row_bucket))
+    colsum = op.ReduceSum(op.Cast(weight_int_t, to=INT32.dtype), op.Constant(value_ints=[0]), keepdims=0)
+    zero_point = op.Cast(op.Unsqueeze(zero_point, op.Constant(value_ints=[1])), to=INT32.dtype)
+    acc = op.Sub(op.MatMulInteger(q, weight_int_t), op.Mul(zero_point, colsum))
+    return _scaled(acc, row_bucket, act_scale, weight_scale, bias)
 
 
 def sort_stable(x, stable=None, dim=-1, descending=False):
@@ -60,4 +77,5 @@ def sort_stable(x, stable=None, dim=-1, descending=False):
 def translation_table() -> dict[Callable, Callable]:
     import amq_export.amq.bucketed_linear  # noqa: F401  (registers torch.ops.amq)
 
-    return {torch.ops.amq.bucketed_linear.default: bucketed_linear, torch.ops.aten.sort.stable: sort_stable}
+    return {torch.ops.amq.bucketed_linear.default: bucketed_linear, torch.ops.amq.quantize_rows.default: quantize_rows,
+            torch.ops.amq.int_linear.default: int_linear, torch.ops.aten.sort.stable: sort_stable}

@@ -20,6 +20,7 @@ from torch_geometric.data import Batch, Data
 from amq_export.checkpoint import load_state_dict_checked
 from amq_export.data.mesh_data import NUM_NODE_TYPES, MeshData, cluster_slots, clusters_of
 from amq_export.errors import AMQError
+from amq_export.models.gathered_linear import gathered_linear
 
 MODES = ("unsteady", "steady")
 
@@ -53,7 +54,7 @@ class GNBlock(nn.Module):
 
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         src, dst = edge_index[0], edge_index[1]
-        e_new = self.edge_mlp(torch.cat([h.index_select(0, dst), h.index_select(0, src), e], dim=-1))
+        e_new = self.edge_mlp[1:](gathered_linear(self.edge_mlp[0], h, (dst, src), e))
         agg = h.new_zeros(h.size(0), e_new.size(-1)).index_add(0, dst, e_new)
         return self.node_mlp(torch.cat([h, agg], dim=-1)), e_new
 

@@ -18,6 +18,7 @@ from torch_geometric.utils import scatter
 from amq_export.checkpoint import load_state_dict_checked
 from amq_export.data.mesh_data import NUM_NODE_TYPES
 from amq_export.errors import AMQError
+from amq_export.models.gathered_linear import gathered_linear
 
 MODES = ("unsteady", "steady")
 
@@ -70,10 +71,14 @@ class MPPDELayer(MessagePassing):
         return instance_norm(h, batch)
 
     def message(
-        self, h_i: Tensor, h_j: Tensor, u_i: Tensor, u_j: Tensor, pos_i: Tensor, pos_j: Tensor,
-        variables_i: Tensor | None,
+        self, h: Tensor, edge_index_i: Tensor, edge_index_j: Tensor, u_i: Tensor, u_j: Tensor, pos_i: Tensor,
+        pos_j: Tensor, variables_i: Tensor | None,
     ) -> Tensor:
-        return self.message_mlp(_cat([h_i, h_j, u_i - u_j, pos_i - pos_j, variables_i]))
+        """``message_mlp`` on [h_i, h_j, u_i - u_j, pos_i - pos_j, variables_i]; its first Linear takes the
+        node rows and indices (``gathered_linear``), the rest of the row as it is."""
+        rest = _cat([u_i - u_j, pos_i - pos_j, variables_i])
+        first = gathered_linear(self.message_mlp[0], h, (edge_index_i, edge_index_j), rest)
+        return self.message_mlp[1:](first)
 
     def update(self, aggr_out: Tensor, h: Tensor, variables: Tensor | None) -> Tensor:
         return h + self.update_mlp(_cat([h, aggr_out, variables]))

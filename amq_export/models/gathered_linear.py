@@ -1,0 +1,25 @@
+"""A Linear on edge rows assembled from gathered node rows: ``linear(cat([h[i] for i in indices] + [rest]))``.
+
+Edge MLPs of mesh models start this way (MP-PDE's message on ``[h_i, h_j, ...]``, a MeshGraphNet
+edge block on ``[h_i, h_j, e_ij]``). The models call this helper for that first Linear instead of
+gathering and concatenating themselves, so that a layer that can do better from the node rows and the
+indices may: it offers ``gathered(h, indices, rest)``. The deployed integer Linear does, and quantizes
+the node rows before gathering them, so that the gathers and the concatenation of its E rows move
+bytes instead of floats. Every other layer gets the plain computation, in the same column order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def gathered_linear(linear: nn.Module, h: Tensor, indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
+    """``linear`` on the rows ``cat([h[i] for i in indices] + [rest], -1)``, one row per index entry."""
+    gathered = getattr(linear, "gathered", None)
+    if gathered is not None:
+        return gathered(h, indices, rest)
+    parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
+    return linear(torch.cat(parts, dim=-1))
