@@ -10,7 +10,7 @@ from brevitas.graph.calibrate import calibration_mode
 from brevitas.nn import QuantIdentity
 from brevitas.quant import ShiftedUint8ActPerTensorFloat
 
-from amq_export.amq.fake_quant import FusedIntQuant, fuse_activation_quant
+from amq_export.amq.fake_quant import FusedIntQuant, fuse_activation_quant, row_fake_quant
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -40,3 +40,41 @@ def test_fused_matches_brevitas_values_and_gradients(bits):
     assert gp_ref.keys() == gp_fused.keys() and gp_ref
     for name in gp_ref:
         torch.testing.assert_close(gp_fused[name], gp_ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_row_fake_quant_matches_each_bucket_quantizer_on_its_rows():
+    torch.manual_seed(0)
+    quants = torch.nn.ModuleList(
+        QuantIdentity(act_quant=ShiftedUint8ActPerTensorFloat, bit_width=b, return_quant_tensor=False) for b in (2, 4, 8))
+    with torch.no_grad(), calibration_mode(quants):
+        for quant in quants:
+            quant(torch.randn(256, 16) * 2)
+    quants.train()
+    for quant in quants:
+        fuse_activation_quant(quant)
+    x = torch.randn(600, 16) * 3
+    row_bucket = torch.randint(0, 3, (600,))
+    row_bucket[:50] = 1  # and an empty bucket below
+    row_bucket[row_bucket == 2] = 0
+    upstream = torch.randn(600, 16)
+    outputs = {}
+    for name in ("per_bucket", "rows"):
+        quants.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        if name == "rows":
+            y = row_fake_quant(quants, xi, row_bucket)
+        else:
+            y = torch.empty_like(x)
+            for k, quant in enumerate(quants):
+                rows = (row_bucket == k).nonzero().squeeze(1)
+                if rows.numel():
+                    y = y.index_put((rows,), quant(xi.index_select(0, rows)))
+        (y * upstream).sum().backward()
+        grads = {n: p.grad.clone() for n, p in quants.named_parameters() if p.grad is not None}
+        outputs[name] = (y.detach(), xi.grad, grads)
+    (y_ref, gx_ref, gp_ref), (y_rows, gx_rows, gp_rows) = outputs["per_bucket"], outputs["rows"]
+    assert torch.equal(y_rows, y_ref)  # bit for bit
+    assert torch.equal(gx_rows, gx_ref)
+    assert gp_ref and set(gp_ref) <= set(gp_rows)  # the empty bucket's parameters get zero gradients
+    for name, grad in gp_rows.items():
+        torch.testing.assert_close(grad, gp_ref.get(name, torch.zeros_like(grad)), rtol=1e-4, atol=1e-6, msg=name)

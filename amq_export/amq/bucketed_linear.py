@@ -23,6 +23,10 @@ from torch import Tensor, nn
 
 from amq_export.errors import AMQError
 
+# Inner-dimension block whose integer GEMM float32 computes exactly: every partial sum is an integer of
+# magnitude <= 255 * 128 * columns, below 2^24.
+EXACT_FLOAT32_COLUMNS = (2**24 - 1) // (255 * 128)
+
 
 def _centered(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor,
               act_qmax: Tensor) -> Tensor:
@@ -30,18 +34,24 @@ def _centered(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: 
     scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
     zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
     qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
-    return torch.minimum(torch.round(x / scale + zero_point).clamp_min(0.0), qmax) - zero_point
+    q = x / scale  # then in place: mesh-sized temporaries cost more in page faults than in arithmetic
+    q.add_(zero_point).round_().clamp_min_(0.0)
+    return torch.minimum(q, qmax, out=q).sub_(zero_point)
 
 
 def _scaled_gemm(centered: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor,
                  weight_scale: Tensor, bias: Tensor) -> Tensor:
-    """``(centered @ W_int) * t * s_row + bias``, the GEMM exact."""
-    # The integer GEMM emulated in float: every partial sum is an integer of magnitude <= 255 * 128 * in,
-    # exact in float32 (any summation order) while that stays below 2^24, and in float64 beyond.
-    exact = torch.float32 if 255 * 128 * centered.shape[1] < 2**24 else torch.float64
-    acc = (centered.to(exact) @ weight_int_t.to(exact)).float()
+    """``(centered @ W_int) * t * s_row + bias`` with the integer GEMM exact: float32 on blocks of at most
+    ``EXACT_FLOAT32_COLUMNS`` inputs, blocks summed in float64 (exact too) and rounded once."""
+    weight = weight_int_t.float()
+    columns = centered.shape[1]
+    if columns <= EXACT_FLOAT32_COLUMNS:
+        acc = centered @ weight
+    else:
+        acc = sum((centered[:, i:i + EXACT_FLOAT32_COLUMNS] @ weight[i:i + EXACT_FLOAT32_COLUMNS]).double()
+                  for i in range(0, columns, EXACT_FLOAT32_COLUMNS)).float()
     scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
-    return acc * weight_scale * scale + bias  # the order of ONNX Runtime's MatMulIntegerToFloat, then the bias
+    return acc.mul_(weight_scale).mul_(scale).add_(bias)  # the order of ONNX Runtime's MatMulIntegerToFloat
 
 
 @torch.library.custom_op("amq::bucketed_linear", mutates_args=())
@@ -86,7 +96,7 @@ def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, 
 def int_linear(q: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor, weight_scale: Tensor,
                bias: Tensor, shared_zero_point: int) -> Tensor:
     """The second half: the GEMM of ``quantize_rows``' uint8 rows around ``Z``, scaled, plus the bias."""
-    return _scaled_gemm(q.float() - shared_zero_point, row_bucket, act_scale, weight_int_t, weight_scale, bias)
+    return _scaled_gemm(q.float().sub_(shared_zero_point), row_bucket, act_scale, weight_int_t, weight_scale, bias)
 
 
 @int_linear.register_fake
@@ -159,6 +169,28 @@ def integer_form(layer: Any) -> IntegerForm:
     )
 
 
+def gathered_int_linear(form: IntegerForm, flags: tuple[bool, int], row_bucket: Tensor, h: Tensor,
+                        indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
+    """``form`` on the rows ``cat([h[i] for i in indices] + [rest], -1)`` (bucket ``row_bucket[r]``), the same
+    numbers computed in another order: ``h``'s N rows are quantized once per bucket and every row takes its
+    bucket's copy of ``h[i]``, so the E-row gathers and the concatenation move uint8 instead of floats.
+    Needs one shared zero point (``flags``; else the plain way)."""
+    clip, shared = flags
+    if shared < 0:
+        parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
+        return torch.ops.amq.bucketed_linear(torch.cat(parts, dim=-1), row_bucket, *form, *flags)
+    act = (form.act_scale, form.act_zero_point, form.act_qmax)
+    n = h.shape[0]
+    per_bucket = torch.cat([torch.ops.amq.quantize_rows(h, row_bucket.new_full((n,), k), *act, clip, shared)
+                            for k in range(form.act_scale.shape[0])])  # [K * N, in]: bucket k at k * N
+    offset = row_bucket * n
+    parts = [per_bucket.index_select(0, offset + index) for index in indices]
+    if rest is not None:
+        parts.append(torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared))
+    return torch.ops.amq.int_linear(torch.cat(parts, dim=-1), row_bucket, form.act_scale, form.weight_int_t,
+                                    form.weight_scale, form.bias, shared)
+
+
 class BucketedIntLinear(nn.Module):
     """A Linear in integer form (an ``AdaptiveQuantLinear`` frozen by ``integer_form``); reads its rows'
     buckets from ``buckets[domain]``.
@@ -183,25 +215,9 @@ class BucketedIntLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def gathered(self, h: Tensor, indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
-        """``self(cat([h[i] for i in indices] + [rest], -1))`` (``models.gathered_linear``), the same numbers
-        computed in another order: ``h``'s N rows are quantized once per bucket, and every row takes its
-        bucket's copy of ``h[i]``, so the E-row gathers and the concatenation move uint8 instead of floats.
-        Needs one shared zero point (else: the plain way)."""
-        clip, shared = self.flags
-        if shared < 0:
-            parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
-            return self(torch.cat(parts, dim=-1))
-        row_bucket = self.buckets[self.domain]
-        act = (self.act_scale, self.act_zero_point, self.act_qmax)
-        n = h.shape[0]
-        per_bucket = torch.cat([torch.ops.amq.quantize_rows(h, row_bucket.new_full((n,), k), *act, clip, shared)
-                                for k in range(self.act_scale.shape[0])])  # [K * N, in]: bucket k at k * N
-        offset = row_bucket * n
-        parts = [per_bucket.index_select(0, offset + index) for index in indices]
-        if rest is not None:
-            parts.append(torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared))
-        return torch.ops.amq.int_linear(torch.cat(parts, dim=-1), row_bucket, self.act_scale, self.weight_int_t,
-                                        self.weight_scale, self.bias, shared)
+        """``self(cat([h[i] for i in indices] + [rest], -1))`` (``models.gathered_linear``): ``gathered_int_linear``."""
+        form = IntegerForm(*(getattr(self, name) for name in IntegerForm._fields))
+        return gathered_int_linear(form, self.flags, self.buckets[self.domain], h, indices, rest)
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, domain={self.domain}, in={self.in_features}, out={self.out_features}"

@@ -16,7 +16,7 @@ both calibrate better (0.034/0.012/0.0008 unsigned) but cost ~0.4 s per million 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, NamedTuple
 
@@ -28,9 +28,9 @@ from brevitas.quant import Int8WeightPerChannelFloat, ShiftedUint8ActPerTensorFl
 from torch import Tensor, nn
 
 from amq_export.amq.bit_state import DOMAINS, BitState
-from amq_export.amq.bucketed_linear import IntegerForm, integer_form
+from amq_export.amq.bucketed_linear import IntegerForm, gathered_int_linear, integer_form
 from amq_export.amq.cost import LayerCost
-from amq_export.amq.fake_quant import fuse_activation_quant
+from amq_export.amq.fake_quant import fuse_activation_quant, row_dot, row_fake_quant
 
 # Unsigned with a zero point, bit-width overridden per bucket (module docstring says why).
 DEFAULT_ACT_QUANT: type = ShiftedUint8ActPerTensorFloat
@@ -193,18 +193,10 @@ class AdaptiveQuantLinear(nn.Module):
 
     def row_buckets(self, rows: int) -> RowBuckets:
         """Group the ``rows`` input rows by bit-width (``state.layer_bits[name]`` or ``state.bits[domain]``)."""
-        layer_bits = self.state.layer_bits or {}
-        if self.name in layer_bits:
-            b = layer_bits[self.name]
-            if b not in self.bits:
-                raise ValueError(f"layer {self.name!r}: layer_bits {b} is not one of its options {self.bits}")
-            return RowBuckets(None, [rows if option == b else 0 for option in self.bits])
-        bits = self.state.bits.get(self.domain)
-        if bits is None:
-            raise ValueError(f"layer {self.name!r}: state.bits has no row bit-widths for domain {self.domain!r}")
-        if bits.dim() != 1 or bits.numel() != rows:
-            raise ValueError(f"layer {self.name!r}: state.bits[{self.domain!r}] has shape {tuple(bits.shape)} "
-                             f"but the layer's input has {rows} rows")
+        layer_bit = self._layer_bit()
+        if layer_bit is not None:
+            return RowBuckets(None, [rows if option == layer_bit else 0 for option in self.bits])
+        bits = self._domain_bits(rows)
         # Every layer of a domain sees the same bits tensor in one forward: group its rows once.
         key = (self.domain, self.bits)
         cached = self.state.bucket_cache.get(key)
@@ -219,21 +211,45 @@ class AdaptiveQuantLinear(nn.Module):
         self.state.bucket_cache[key] = (bits, buckets)
         return buckets
 
+    def _layer_bit(self) -> int | None:
+        """The one bit-width ``state.layer_bits`` gives this layer, checked (None: rows carry their own)."""
+        layer_bits = self.state.layer_bits or {}
+        if self.name not in layer_bits:
+            return None
+        b = layer_bits[self.name]
+        if b not in self.bits:
+            raise ValueError(f"layer {self.name!r}: layer_bits {b} is not one of its options {self.bits}")
+        return b
+
+    def _domain_bits(self, rows: int) -> Tensor:
+        """``state.bits[domain]``, checked to hold one bit-width per input row."""
+        bits = self.state.bits.get(self.domain)
+        if bits is None:
+            raise ValueError(f"layer {self.name!r}: state.bits has no row bit-widths for domain {self.domain!r}")
+        if bits.dim() != 1 or bits.numel() != rows:
+            raise ValueError(f"layer {self.name!r}: state.bits[{self.domain!r}] has shape {tuple(bits.shape)} "
+                             f"but the layer's input has {rows} rows")
+        return bits
+
     def quantize_input(self, x: Tensor, buckets: RowBuckets) -> Tensor:
         """Fake-quantize the rows of ``x`` [R, in], each bucket's rows with its own quantizer."""
         return buckets.unsort(_per_chunk(self.act_quants, buckets.sort(x), buckets.sizes))
 
     def row_bucket_index(self, rows: int) -> Tensor:
         """Bucket index (position in ``bits``) of each of the ``rows`` input rows, int64 [rows]."""
-        layer_bits = self.state.layer_bits or {}
-        if self.name in layer_bits:
-            return torch.full((rows,), self.bits.index(layer_bits[self.name]), dtype=torch.int64)
-        self.row_buckets(rows)  # checks the bits
-        bits = self.state.bits[self.domain]
+        layer_bit = self._layer_bit()
+        if layer_bit is not None:
+            return torch.full((rows,), self.bits.index(layer_bit), dtype=torch.int64)
+        bits = self._domain_bits(rows)
         key = (self.domain, self.bits, "index")  # every layer of a domain shares it, like row_buckets
         cached = self.state.bucket_cache.get(key)
         if cached is None or cached[0] is not bits:
-            cached = (bits, torch.searchsorted(torch.tensor(self.bits, device=bits.device), bits))
+            options = torch.tensor(self.bits, device=bits.device, dtype=bits.dtype)
+            index = torch.searchsorted(options, bits).clamp_max(len(self.bits) - 1)
+            if not torch.equal(options.index_select(0, index), bits):
+                raise ValueError(f"layer {self.name!r}: state.bits[{self.domain!r}] holds values outside the "
+                                 f"options {self.bits}")
+            cached = (bits, index)
             self.state.bucket_cache[key] = cached
         return cached[1]
 
@@ -257,22 +273,54 @@ class AdaptiveQuantLinear(nn.Module):
             form, flags = self.integer_form()
             y = torch.ops.amq.bucketed_linear(x, self.row_bucket_index(x.size(0)), *form, *flags)
             return y.reshape(*lead, self.out_features)
-        # Rows run sorted by bucket: one gather in, contiguous segments, one scatter out (DESIGN item 8).
+        if len(self.linears) == 1:  # one weight: every row quantized at its bucket in place, one GEMM
+            xq = row_fake_quant(self.act_quants, x, self.row_bucket_index(x.size(0)))
+            return self._linear_on_quantized(xq).reshape(*lead, self.out_features)
+        # Weights per bucket: rows sorted by bucket into contiguous segments, one GEMM each, then unsorted.
         buckets = self.row_buckets(x.size(0))
         xq = _per_chunk(self.act_quants, buckets.sort(x), buckets.sizes)
         if self.state.collect and torch.is_grad_enabled():
             xq = self._tap(xq, buckets)
-        y = _per_chunk(self.linears, xq, buckets.sizes) if len(self.linears) > 1 else self.linears[0](xq)
-        return buckets.unsort(y).reshape(*lead, self.out_features)
+        return buckets.unsort(_per_chunk(self.linears, xq, buckets.sizes)).reshape(*lead, self.out_features)
 
-    def _tap(self, xq: Tensor, buckets: RowBuckets) -> Tensor:
+    def gathered(self, h: Tensor, indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
+        """``self(cat([h[i] for i in indices] + [rest], -1))`` (``models.gathered_linear``) for QAT: the N node
+        rows are fake-quantized once per bucket and every edge row takes its bucket's copies, the same
+        values and gradient sums with a K*N-row instead of an E-row quantization of the gathered columns.
+        Integer evaluation runs ``gathered_int_linear``; calibration and per-bucket weights take the plain way."""
+        integer = not self.calibrating and self.integer_eval and not self.training and not torch.is_grad_enabled()
+        if integer:
+            form, flags = self.integer_form()
+            return gathered_int_linear(form, flags, self.row_bucket_index(indices[0].numel()), h, indices, rest)
+        if self.calibrating or len(self.linears) > 1:
+            parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
+            return self(torch.cat(parts, dim=-1))
+        row_bucket = self.row_bucket_index(indices[0].numel())
+        n, k = h.size(0), len(self.bits)
+        node_bucket = torch.arange(k, device=h.device).repeat_interleave(n)
+        per_bucket = row_fake_quant(self.act_quants, h.repeat(k, 1), node_bucket)  # bucket j's rows at j * N
+        offset = row_bucket * n
+        parts = [per_bucket.index_select(0, offset + index) for index in indices]
+        if rest is not None:
+            parts.append(row_fake_quant(self.act_quants, rest, row_bucket))
+        return self._linear_on_quantized(torch.cat(parts, dim=-1))
+
+    def _linear_on_quantized(self, xq: Tensor) -> Tensor:
+        """The (one) quantized weight's GEMM on quantized rows in their own order, tapped for sensitivities."""
+        if self.state.collect and torch.is_grad_enabled():
+            xq = self._tap(xq, None)
+        return self.linears[0](xq)
+
+    def _tap(self, xq: Tensor, buckets: RowBuckets | None) -> Tensor:
+        """``xq`` with a backward hook adding its rows' sensitivities (``buckets``: the order ``xq``'s rows are in)."""
         range_sq = float(self.input_range) ** 2
         if not math.isfinite(range_sq):
             raise RuntimeError(f"layer {self.name!r} has no calibrated input range; run a few batches "
                                "under calibration_mode(model) before collecting sensitivities")
 
         def sink(grad: Tensor) -> None:
-            per_row = buckets.unsort(grad.pow(2).sum(-1, keepdim=True) * range_sq).squeeze(1)
+            per_row = row_dot(grad, grad).unsqueeze(1) * range_sq
+            per_row = (per_row if buckets is None else buckets.unsort(per_row)).squeeze(1)
             self.state.add_sensitivity(self.name, self.domain, per_row)
 
         anchor = torch.zeros((), device=xq.device, requires_grad=True)
