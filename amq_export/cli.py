@@ -141,15 +141,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     verdict = "[green]PASS[/]" if parity["pass"] else "[red]FAIL[/]"
     results_console.print(
         f"parity with PyTorch: {verdict}, same bits on {100 * parity['bits_agreement']:.3f}% of nodes, "
-        f"prediction rel-L2 diff {parity['rel_l2']:.2e} (bound 1e-3; the fake-quantized training numerics are "
-        f"{parity['fake_quant_rel_l2']:.2e} from PyTorch's integer ones); AMQ / uniform error "
+        f"prediction rel-L2 diff {parity['rel_l2']:.2e} (bound 1e-3; one-ulp floor {parity['ulp_floor_rel_l2']:.2e}: "
+        f"PyTorch against itself with every quantized input one ulp off); AMQ / uniform error "
         f"{report['amq_vs_uniform']:.3f}x; "
         f"{report['seconds']['total']:.0f} s")
     results_console.print(f"wrote {', '.join(report['artifacts'])} to {report['out_dir']}/")
     if not parity["pass"]:
         console.print("[yellow]warning[/]: the exported prediction differs from PyTorch's (the same integer "
                       "arithmetic) by more than 1e-3. One-ulp differences of float kernels flip quantization "
-                      "roundings that a deep low-bit model amplifies; compare the test errors in report.md.")
+                      "roundings that a deep low-bit model amplifies (see the one-ulp floor); compare the test "
+                      "errors in report.md.")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:

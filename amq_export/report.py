@@ -57,8 +57,11 @@ def markdown(report: dict[str, Any]) -> str:
         (f"- prediction relative L2 difference {_fmt(parity['rel_l2'], 3)} over all test meshes (target <= 1e-3); "
          f"worst mesh {_fmt(parity['rel_l2_worst_mesh'], 3)}, max abs {_fmt(parity['max_abs'], 3)}"),
         ("- PyTorch evaluates AMQ models with the artifact's integer arithmetic; the float fake quantization "
-         f"of training differs from it by {_fmt(parity.get('fake_quant_rel_l2'), 3)} (a one-ulp difference "
-         "flips a rounding that a deep low-bit model amplifies)"),
+         f"of training differs from it by {_fmt(parity.get('fake_quant_rel_l2'), 3)}"),
+        ("- one-ulp floor: PyTorch against itself with every quantized layer's input one ulp off differs by "
+         f"{_fmt(parity.get('ulp_floor_rel_l2'), 3)} (bits the same on "
+         f"{100 * parity.get('ulp_floor_bits_agreement', float('nan')):.3f}% of nodes): what float kernels that "
+         "differ in the last bit do to this model's roundings"),
         f"- verdict: **{'PASS' if parity['pass'] else 'FAIL'}** (bits and the 1e-3 bound)",
         "",
         "## Artifacts",

@@ -55,8 +55,9 @@ def test_job_writes_every_artifact_and_a_passing_report(workdir):
     assert report["b_eff"] <= 5.0 + 1e-9 and report["b_eff_exported"] <= 5.0 + 1e-9
     parity = report["parity"]
     assert parity["pass"] and parity["bits_agreement"] >= 0.999 and parity["rel_l2"] <= 1e-3
-    assert set(parity) >= {"rel_l2", "max_abs", "bits_agreement"}
-    assert "PASS" in (out / "report.md").read_text()
+    assert set(parity) >= {"rel_l2", "max_abs", "bits_agreement", "fake_quant_rel_l2", "ulp_floor_rel_l2"}
+    assert parity["ulp_floor_rel_l2"] >= 0 and 0.9 <= parity["ulp_floor_bits_agreement"] <= 1
+    assert "PASS" in (out / "report.md").read_text() and "one-ulp floor" in (out / "report.md").read_text()
     assert (out / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ops = Counter(node.op_type for node in onnx.load(str(out / "model.ort.onnx")).graph.node)
     assert ops["MatMulIntegerToFloat"] > 0 and ops["MatMulInteger"] == 0

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from amq_export.amq.bit_state import BitState
 from amq_export.amq.bucketed_linear import integer_form
-from amq_export.amq.quant_linear import AdaptiveQuantLinear, calibration_mode, fake_quant_eval
+from amq_export.amq.quant_linear import AdaptiveQuantLinear, calibration_mode, fake_quant_eval, input_ulp_noise
 
 BITS = (3, 4, 8)
 
@@ -295,3 +295,20 @@ def test_gathered_edge_rows_match_the_plain_concatenation() -> None:
     assert p0.keys() == p1.keys() and p0
     for name in p0:
         torch.testing.assert_close(p1[name], p0[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_input_ulp_noise_moves_every_input_one_ulp_inside_only() -> None:
+    layer = _layer().eval()
+    x = _swish_rows(200, 6, seed=4)
+    layer.state.bits["node"] = _row_bits(200, seed=4)
+    with torch.no_grad():
+        clean = layer(x)
+        with input_ulp_noise(layer, seed=1):
+            noisy = layer(x)
+            nudged = layer._nudge(x)
+        after = layer(x)
+    ulps = (nudged.view(torch.int32).long() - x.view(torch.int32).long()).abs()
+    assert int(ulps.max()) == 1 and bool((nudged != x).all())  # every element, exactly one ulp
+    assert bool((nudged > x).any()) and bool((nudged < x).any())
+    assert layer.ulp_noise is None and torch.equal(layer._nudge(x), x) and torch.equal(after, clean)
+    torch.testing.assert_close(noisy, clean, rtol=0.5, atol=0.5)  # at most a few flipped roundings

@@ -146,6 +146,7 @@ class AdaptiveQuantLinear(nn.Module):
         # exists (unsigned activations of <= 8 bits, one weight bit-width): ``integer_eval`` below.
         self.integer_eval = not per_bucket_weight_bits and _unsigned(act_quant)
         self._integer_cache: tuple | None = None
+        self.ulp_noise: torch.Generator | None = None  # see ``input_ulp_noise``
         self.to(weight.device)
 
     @property
@@ -268,6 +269,7 @@ class AdaptiveQuantLinear(nn.Module):
         x = x.reshape(-1, self.in_features)
         if self.calibrating:
             return self._calibration_forward(x).reshape(*lead, self.out_features)
+        x = self._nudge(x)
         if self.integer_eval and not self.training and not torch.is_grad_enabled():
             # Evaluation runs the deployed arithmetic (bucketed_linear), not float fake quantization.
             form, flags = self.integer_form()
@@ -288,14 +290,13 @@ class AdaptiveQuantLinear(nn.Module):
         rows are fake-quantized once per bucket and every edge row takes its bucket's copies, the same
         values and gradient sums with a K*N-row instead of an E-row quantization of the gathered columns.
         Integer evaluation runs ``gathered_int_linear``; calibration and per-bucket weights take the plain way."""
-        integer = not self.calibrating and self.integer_eval and not self.training and not torch.is_grad_enabled()
-        if integer:
-            form, flags = self.integer_form()
-            return gathered_int_linear(form, flags, self.row_bucket_index(indices[0].numel()), h, indices, rest)
         if self.calibrating or len(self.linears) > 1:
             parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
             return self(torch.cat(parts, dim=-1))
+        h, rest = self._nudge(h), (self._nudge(rest) if rest is not None else None)
         row_bucket = self.row_bucket_index(indices[0].numel())
+        if self.integer_eval and not self.training and not torch.is_grad_enabled():
+            return gathered_int_linear(*self.integer_form(), row_bucket, h, indices, rest)
         n, k = h.size(0), len(self.bits)
         node_bucket = torch.arange(k, device=h.device).repeat_interleave(n)
         per_bucket = row_fake_quant(self.act_quants, h.repeat(k, 1), node_bucket)  # bucket j's rows at j * N
@@ -304,6 +305,13 @@ class AdaptiveQuantLinear(nn.Module):
         if rest is not None:
             parts.append(row_fake_quant(self.act_quants, rest, row_bucket))
         return self._linear_on_quantized(torch.cat(parts, dim=-1))
+
+    def _nudge(self, x: Tensor) -> Tensor:
+        """``x`` with every element one ulp up or down at random while ``ulp_noise`` is set, else ``x``."""
+        if self.ulp_noise is None:
+            return x
+        up = torch.rand(x.shape, generator=self.ulp_noise, device=x.device) < 0.5
+        return torch.where(up, torch.nextafter(x, x.new_full((), math.inf)), torch.nextafter(x, x.new_full((), -math.inf)))
 
     def _linear_on_quantized(self, xq: Tensor) -> Tensor:
         """The (one) quantized weight's GEMM on quantized rows in their own order, tapped for sensitivities."""
@@ -361,6 +369,25 @@ def fake_quant_eval(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer, value in zip(layers, saved, strict=True):
             layer.integer_eval = value
+
+
+@contextmanager
+def input_ulp_noise(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+    """Inside, every quantized layer's input elements are one ulp off, up or down at random.
+
+    Two correct float implementations of the same network (PyTorch's kernels, a runtime's) differ by
+    about that much before each quantizer; the prediction's change under this noise is the floor
+    against which the exported model's parity with PyTorch can be read (low-bit roundings amplify it).
+    """
+    layers = [m for m in model.modules() if isinstance(m, AdaptiveQuantLinear)]
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        for layer in layers:
+            layer.ulp_noise = generator
+        yield model
+    finally:
+        for layer in layers:
+            layer.ulp_noise = None
 
 
 @contextmanager
