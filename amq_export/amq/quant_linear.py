@@ -232,9 +232,9 @@ class AdaptiveQuantLinear(nn.Module):
                              f"but the layer's input has {rows} rows")
         return bits
 
-    def quantize_input(self, x: Tensor, buckets: RowBuckets) -> Tensor:
-        """Fake-quantize the rows of ``x`` [R, in], each bucket's rows with its own quantizer."""
-        return buckets.unsort(_per_chunk(self.act_quants, buckets.sort(x), buckets.sizes))
+    def quantize_input(self, x: Tensor) -> Tensor:
+        """Fake-quantize the rows of ``x`` [R, in], each row with its bucket's quantizer."""
+        return row_fake_quant(self.act_quants, x, self.row_bucket_index(x.size(0)))
 
     def row_bucket_index(self, rows: int) -> Tensor:
         """Bucket index (position in ``bits``) of each of the ``rows`` input rows, int64 [rows]."""
@@ -276,8 +276,7 @@ class AdaptiveQuantLinear(nn.Module):
             y = torch.ops.amq.bucketed_linear(x, self.row_bucket_index(x.size(0)), *form, *flags)
             return y.reshape(*lead, self.out_features)
         if len(self.linears) == 1:  # one weight: every row quantized at its bucket in place, one GEMM
-            xq = row_fake_quant(self.act_quants, x, self.row_bucket_index(x.size(0)))
-            return self._linear_on_quantized(xq).reshape(*lead, self.out_features)
+            return self._linear_on_quantized(self.quantize_input(x)).reshape(*lead, self.out_features)
         # Weights per bucket: rows sorted by bucket into contiguous segments, one GEMM each, then unsorted.
         buckets = self.row_buckets(x.size(0))
         xq = _per_chunk(self.act_quants, buckets.sort(x), buckets.sizes)
