@@ -71,6 +71,12 @@ def test_eval_runs_an_exported_model(workdir, capsys):
     assert result["samples"] == 6 and np.isfinite(result["rel_l2"]) and result["latency_ms_median"] > 0
     assert 4.0 <= result["b_eff_max"] <= 4.5 + 1e-9 and result["budget"] == 4.5
     assert main(["eval", str(root / "out" / "model.onnx"), *DATA, "--budget", "9"]) == 2
+    garbage = root / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    capsys.readouterr()
+    assert main(["eval", str(garbage), *DATA]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load" in err and "re-export" in err
 
 
 @pytest.mark.parametrize("args, message", [

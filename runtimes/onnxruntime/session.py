@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from amq_export.amq.inference_model import INTEGER_INPUTS
@@ -51,12 +50,6 @@ class OrtModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise AMQError(f"ONNX model {self.path} does not exist; export one with amq-export MODEL.pt --target onnx")
-        try:
-            model = onnx.load(str(self.path), load_external_data=False)
-        except (OSError, ValueError, DecodeError) as exc:
-            raise AMQError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}); "
-                           "re-export it with amq-export") from None
-        self.meta = read_meta(model)
         options = session_options(threads, optimization)
         if profile_prefix is not None:
             options.enable_profiling = True
@@ -65,7 +58,10 @@ class OrtModel:
             self.session = ort.InferenceSession(str(self.path), options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except ORT_ERRORS as exc:
-            raise AMQError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0]}") from None
+            raise AMQError(f"ONNX Runtime cannot load {self.path} ({str(exc).splitlines()[0]}); "
+                           "re-export it with amq-export") from None
+        meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        self.meta: dict[str, Any] = json.loads(meta) if meta else {}
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -99,17 +95,13 @@ def save_optimized(model: onnx.ModelProto, path: str | os.PathLike[str], optimiz
     """Save ``model`` as ONNX Runtime's CPU provider optimizes it at ``optimization`` level
     (``extended``: fusions that stay portable across CPUs), written atomically."""
     path = Path(path)
-    fd, source = tempfile.mkstemp(suffix=".onnx", dir=path.parent, prefix=f".{path.name}.src.")
-    os.close(fd)
     fd, target = tempfile.mkstemp(suffix=".onnx", dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        onnx.save(model, source)
         options = session_options(optimization=optimization)
         options.optimized_model_filepath = target
-        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         os.replace(target, path)
     finally:
-        Path(source).unlink(missing_ok=True)
         Path(target).unlink(missing_ok=True)
     return path
