@@ -3,8 +3,9 @@
 The Pareto benchmark mixes allocation with fine-tuning. This probe isolates the allocation: one
 calibrated (not fine-tuned) quantized model per bit-option set, evaluated at the same budget with
 ``uniform`` (every node the budget's bits; when the budget is not an option, the two adjacent
-options, assigned by node index), ``random`` (seeded scores) and ``oracle`` (each mesh's true
-sensitivities, DESIGN item 5). It also measures the quantizers' noise against the model the allocator
+options, assigned by node index), ``random`` (seeded scores), ``oracle`` (each mesh's true
+sensitivities, DESIGN item 5: the loss gradient's, an empirical Fisher) and ``oracle-gn`` (each mesh's
+Gauss-Newton diagonal, a Hutchinson estimate: the curvature the quantization noise meets). It also measures the quantizers' noise against the model the allocator
 assumes: per option b, the mean over layers of ``E[(Q_b(x) - x)^2] / range^2`` divided by ``4^-b``
 (constant if the noise model holds). Prints a table and writes
 benchmarks/results/ptq_allocation_darcy_<arch>.json: {"rows": [{method, bits, budget, b_eff, rel_l2,
@@ -38,6 +39,9 @@ from amq_export.models.presets import CLUSTER_SIZE
 # (budget, bit options): the default window at an option budget, and two-option sets whose uniform
 # baseline must itself mix options
 SETTINGS = [(4.0, (3, 4, 5, 6)), (4.0, (3, 6)), (5.0, (4, 8)), (5.0, (4, 5, 6, 7))]
+# method -> (allocation mode, true sensitivity of the oracle)
+METHODS = {"uniform": ("uniform", "fisher"), "random": ("random", "fisher"), "oracle": ("oracle", "fisher"),
+           "oracle-gn": ("oracle", "gauss-newton")}
 
 
 def noise_ratios(qmodel: Any, meshes: list[Any], budget: float) -> dict[int, float]:
@@ -81,11 +85,11 @@ def main() -> None:
         torch.manual_seed(0)
         qmodel = quantize(copy.deepcopy(base), AMQConfig(budget=budget, bits=bits), calibration=dataset.train[:32])
         noise |= noise_ratios(qmodel, list(dataset.train[:8]), budget)
-        for method in ("uniform", "random", "oracle"):
+        for method, (mode, sensitivity) in METHODS.items():
             runs = []
             for seed in range(args.seeds if method == "random" else 1):
                 qmodel.generator.manual_seed(seed)
-                runs.append(evaluate(qmodel, test, normalizer=normalizer, mode=method))
+                runs.append(evaluate(qmodel, test, normalizer=normalizer, mode=mode, sensitivity=sensitivity))
             rels = [r["rel_l2"] for r in runs]
             rows.append({"method": method, "bits": list(bits), "budget": budget,
                          "b_eff": statistics.mean(r["b_eff"] for r in runs), "rel_l2": statistics.mean(rels),

@@ -110,3 +110,24 @@ def test_bad_configs_are_clear_errors(tiny, shared):
         q(tiny.test[0], mode="greedy")
     with pytest.raises(AMQError, match="outside the bit options"):
         q(tiny.test[0], budget=8.0)
+
+
+def test_oracle_sensitivities_fisher_and_gauss_newton(tiny, shared):
+    """Both true sensitivities are positive per node, differ from each other, and drive the oracle under
+    the budget; an unknown one is a clear error."""
+    from torch_geometric.data import Batch
+
+    from amq_export.amq.qat import _true_scores
+
+    q, mesh = shared, Batch.from_data_list([tiny.test[0]])
+    fisher, _ = _true_scores(q, mesh, 4.0, tiny.normalizer, "fisher")
+    gauss_newton, _ = _true_scores(q, mesh, 4.0, tiny.normalizer, "gauss-newton")
+    assert fisher.shape == gauss_newton.shape == (mesh.num_nodes,)
+    assert bool((fisher >= 0).all()) and bool((gauss_newton > 0).all())
+    assert not torch.allclose(fisher / fisher.sum(), gauss_newton / gauss_newton.sum())
+    again, _ = _true_scores(q, mesh, 4.0, tiny.normalizer, "gauss-newton")
+    assert torch.equal(again, gauss_newton)  # seeded probes
+    metrics = evaluate(q, tiny.test, normalizer=tiny.normalizer, budget=4.5, mode="oracle", sensitivity="gauss-newton")
+    assert 4.5 - 0.02 <= metrics["b_eff"] and metrics["b_eff_max"] <= 4.5 + 1e-9
+    with pytest.raises(AMQError, match="sensitivity 'hessian' is unknown"):
+        _true_scores(q, mesh, 4.0, tiny.normalizer, "hessian")

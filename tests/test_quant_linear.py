@@ -317,3 +317,22 @@ def test_input_ulp_noise_moves_every_input_one_ulp_inside_only() -> None:
     assert bool((nudged > x).any()) and bool((nudged < x).any())
     assert layer.ulp_noise is None and torch.equal(layer._nudge(x), x) and torch.equal(after, clean)
     torch.testing.assert_close(noisy, clean, rtol=0.5, atol=0.5)  # at most a few flipped roundings
+
+
+def test_gathered_linear_keeps_forward_hooks_seeing_the_concatenated_rows() -> None:
+    from amq_export.models.gathered_linear import gathered_linear
+
+    n, e = 10, 30
+    edge_index = torch.randint(0, n, (2, e), generator=torch.Generator().manual_seed(0))
+    h, rest = _swish_rows(n, 8, seed=1), _swish_rows(e, 3, seed=2)
+    layer = AdaptiveQuantLinear(nn.Linear(19, 5), name="edge_lin", domain="edge", bits=BITS, state=BitState())
+    with torch.no_grad(), calibration_mode(layer):
+        layer(torch.cat([h[edge_index[1]], h[edge_index[0]], rest], -1))
+    layer.state.bits["edge"] = _row_bits(e, seed=3)
+    seen = []
+    layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    with torch.no_grad():
+        hooked = gathered_linear(layer, h, (edge_index[1], edge_index[0]), rest)
+    assert seen == [torch.Size([e, 19])]
+    with torch.no_grad():
+        torch.testing.assert_close(hooked, layer.gathered(h, (edge_index[1], edge_index[0]), rest))

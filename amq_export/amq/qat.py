@@ -68,14 +68,34 @@ def calibrate(qmodel: AMQModel, meshes: Sequence[Any], batches: int = 4, batch_s
             qmodel(batch, mode="uniform")
 
 
-def _true_scores(qmodel: AMQModel, batch: Any, budget: float, normalizer: Any | None) -> tuple[Tensor, Tensor | None]:
-    """The oracle's scores: sensitivities of this mesh from one backward pass at uniform bits."""
+SENSITIVITIES = ("fisher", "gauss-newton")
+GAUSS_NEWTON_SAMPLES = 4
+
+
+def _true_scores(qmodel: AMQModel, batch: Any, budget: float, normalizer: Any | None,
+                 sensitivity: str = "fisher") -> tuple[Tensor, Tensor | None]:
+    """The oracle's scores: sensitivities of this mesh from backward passes at uniform bits.
+
+    ``fisher`` (DESIGN item 5): the rows' ``||dL/dx||^2 range^2`` for the task loss ``L``, the empirical
+    Fisher. ``gauss-newton``: a Hutchinson estimate of the Gauss-Newton diagonal of the prediction,
+    ``E_v ||d(pred . v)/dx||^2 range^2`` over ``GAUSS_NEWTON_SAMPLES`` Rademacher vectors ``v``: the
+    curvature that quantization noise actually meets, free of the residual's direction (the relative L2
+    loss adds one factor per mesh, so compare these within a mesh, as per-mesh allocation does).
+    """
+    if sensitivity not in SENSITIVITIES:
+        raise AMQError(f"sensitivity {sensitivity!r} is unknown; choose one of {SENSITIVITIES}")
     qmodel.state.reset_sensitivity()
     qmodel.state.collect = True
     try:
         with torch.enable_grad():
             out = qmodel(batch, budget=budget, mode="uniform")
-            batch_relative_l2(out.pred, batch, normalizer).sum().backward()
+            if sensitivity == "fisher":
+                batch_relative_l2(out.pred, batch, normalizer).sum().backward()
+            else:
+                generator = torch.Generator().manual_seed(0)
+                for k in range(GAUSS_NEWTON_SAMPLES):
+                    v = torch.randint(0, 2, out.pred.shape, generator=generator).to(out.pred.dtype) * 2 - 1
+                    (out.pred * v).sum().backward(retain_graph=k < GAUSS_NEWTON_SAMPLES - 1)
     finally:
         qmodel.state.collect = False
         qmodel.zero_grad(set_to_none=True)
@@ -190,14 +210,16 @@ def evaluate(
     mode: str = "aux",
     batch_size: int = 1,
     with_spearman: bool = False,
+    sensitivity: str = "fisher",
 ) -> dict[str, float]:
     """Mean per-sample relative L2, measured effective bits (max and mean over batches) and BOPs.
 
     One mesh per forward by default, as a deployed model runs: the budget then holds for every mesh
     (``batch_size`` > 1 allocates over each batch jointly, which lets hard meshes borrow bits).
 
-    ``oracle`` uses each mesh's own sensitivities (it needs targets); ``with_spearman`` also
-    reports the rank correlation of the auxiliary scores with those true sensitivities.
+    ``oracle`` uses each mesh's own sensitivities (it needs targets; ``sensitivity``: which, see
+    ``_true_scores``); ``with_spearman`` also reports the rank correlation of the auxiliary scores with
+    those true sensitivities.
     """
     if not meshes:
         raise AMQError("no meshes to evaluate on")
@@ -208,7 +230,7 @@ def evaluate(
     for batch in mesh_loader(list(meshes), batch_size):
         scores = None
         if mode == "oracle" or with_spearman:
-            scores = _true_scores(qmodel, batch, budget, normalizer)
+            scores = _true_scores(qmodel, batch, budget, normalizer, sensitivity)
         with torch.no_grad():
             out = qmodel(batch, budget=budget, mode=mode, scores=scores)
             errors.append(batch_relative_l2(out.pred, batch, normalizer))

@@ -5,7 +5,8 @@ edge block on ``[h_i, h_j, e_ij]``). The models call this helper for that first 
 gathering and concatenating themselves, so that a layer that can do better from the node rows and the
 indices may: it offers ``gathered(h, indices, rest)``. The deployed integer Linear does, and quantizes
 the node rows before gathering them, so that the gathers and the concatenation of its E rows move
-bytes instead of floats. Every other layer gets the plain computation, in the same column order.
+bytes instead of floats. Every other layer gets the plain computation, in the same column order, and so
+does a layer with forward hooks (they see the concatenated rows, as they would without this helper).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 def gathered_linear(linear: nn.Module, h: Tensor, indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
     """``linear`` on the rows ``cat([h[i] for i in indices] + [rest], -1)``, one row per index entry."""
     gathered = getattr(linear, "gathered", None)
-    if gathered is not None:
+    hooked = bool(linear._forward_hooks or linear._forward_pre_hooks)  # hooks expect the concatenated rows
+    if gathered is not None and not hooked:
         return gathered(h, indices, rest)
     parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
     return linear(torch.cat(parts, dim=-1))
