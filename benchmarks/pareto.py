@@ -3,8 +3,9 @@
 From one float model, every method gets the same data, QAT epochs and seeds. Budgets are
 effective activation bit-widths; `uniform` runs at each, `aux` / `random` / `oracle` with the
 default window of options around the budget and with all of 2..8 (`-all`), `layerwise` with
-the default window. At budget 4 the ablations run too: the auxiliary target (`aux-errtarget`:
-per-node error against ground truth, `aux-devtarget`: deviation from the float model) and
+the default window. At budget 4 the ablations run too: the auxiliary target (`aux-gntarget`: Gauss-Newton
+sensitivities from one Hutchinson probe per step, `aux-errtarget`: per-node error against ground truth,
+`aux-devtarget`: deviation from the float model) and
 per-bucket weight bit-widths (`aux-pbw`). Prints a table and writes
 benchmarks/results/pareto_darcy_<arch>.json: {"rows": [...], "aux_spearman": ..., ...}.
 
@@ -42,7 +43,8 @@ def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
             ("layerwise", "layerwise", {}), ("aux-all", "aux", {"bits": ALL_BITS}),
             ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS})]
     if ablations:
-        rows += [("aux-errtarget", "aux", {"aux_target": "error"}),
+        rows += [("aux-gntarget", "aux", {"aux_target": "gauss-newton"}),
+                 ("aux-errtarget", "aux", {"aux_target": "error"}),
                  ("aux-devtarget", "aux", {"aux_target": "deviation"}),
                  ("aux-pbw", "aux", {"per_bucket_weight_bits": True})]
     return rows

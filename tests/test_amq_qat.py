@@ -131,3 +131,11 @@ def test_oracle_sensitivities_fisher_and_gauss_newton(tiny, shared):
     assert 4.5 - 0.02 <= metrics["b_eff"] and metrics["b_eff_max"] <= 4.5 + 1e-9
     with pytest.raises(AMQError, match="sensitivity 'hessian' is unknown"):
         _true_scores(q, mesh, 4.0, tiny.normalizer, "hessian")
+
+
+def test_gauss_newton_aux_target_trains_the_aux_model(tiny, qmodel_factory):
+    q = qmodel_factory(tiny, aux_target="gauss-newton")
+    before = [p.detach().clone() for p in q.aux.parameters()]
+    history = finetune(q, tiny.train, tiny.val, normalizer=tiny.normalizer, epochs=1, mode="aux", progress=False)
+    assert history[0]["aux_loss"] > 0 and all(torch.isfinite(torch.tensor(h["train_rel_l2"])) for h in history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, q.aux.parameters(), strict=True))

@@ -10,7 +10,7 @@ from amq_export.amq.allocation import EDGE_RULES, default_bits, validate_bits
 from amq_export.amq.bit_state import DOMAINS
 from amq_export.errors import AMQError
 
-AUX_TARGETS = ("sensitivity", "error", "deviation")
+AUX_TARGETS = ("sensitivity", "gauss-newton", "error", "deviation")
 OTHER = "other"  # rows of no domain: the layer stays float
 LAYER_DOMAINS = (*DOMAINS, OTHER)
 
@@ -39,7 +39,9 @@ class AMQConfig:
         ``default_bits``). weight_bits: one per-channel weight bit-width for the model.
         per_bucket_weight_bits: bucket b also quantizes weights at b bits (a grouped GEMM).
         edge_rule: edges take the bits of their target, source or the max of both.
-        aux_*: the auxiliary GNN's size and what it learns to predict (DESIGN item 5).
+        aux_*: the auxiliary GNN's size and what it learns to predict (DESIGN item 5): ``sensitivity``
+            (the loss gradient's, from the QAT backward itself), ``gauss-newton`` (one Hutchinson probe
+            of the prediction per step, one more backward), or the ablations ``error``, ``deviation``.
         domain_overrides: module-name glob -> node|edge|cluster|other, applied after probing.
     """
 

@@ -43,7 +43,7 @@ def item_sensitivities(qmodel: AMQModel, data: Any) -> tuple[Tensor, Tensor | No
 def _aux_targets(qmodel: AMQModel, data: Any, out: Any, float_pred: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """What the auxiliary model learns to predict: sensitivity (default) or an error-based ablation."""
     target = qmodel.amq_config.aux_target
-    if target == "sensitivity":
+    if target in ("sensitivity", "gauss-newton"):  # collected in this step's backward passes
         return item_sensitivities(qmodel, data)
     reference = data.y if target == "error" else float_pred
     per_node = (out.pred.detach() - reference).pow(2).sum(-1).double()
@@ -140,6 +140,7 @@ def finetune(
         raise AMQError("finetune needs epochs >= 1 and non-empty train and val meshes")
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    probe_generator = torch.Generator().manual_seed(seed)
     main_params = [p for p in qmodel.main.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
         {"params": main_params, "lr": lr, "weight_decay": 0.0},
@@ -162,12 +163,17 @@ def finetune(
                 step_mode = "uniform" if mode == "aux" and step < aux_warmup_steps else mode
                 step += 1
                 qmodel.state.reset_sensitivity()
-                qmodel.state.collect = mode == "aux"
+                probe = mode == "aux" and cfg.aux_target == "gauss-newton"
+                qmodel.state.collect = mode == "aux"  # taps go in now; they add in backwards while it is on
                 out = qmodel(batch, budget=step_budget, mode=step_mode, scores=scores)
                 if mode == "aux" and out.aux_node is None:  # warm-up: the aux model learns, uniform allocates
                     out.aux_node, out.aux_cluster = qmodel.aux(batch)
                 loss = batch_relative_l2(out.pred, batch, normalizer).mean()
-                optimizer.zero_grad(set_to_none=True)
+                if probe:  # one Hutchinson probe of the prediction collects Gauss-Newton sensitivities
+                    v = torch.randint(0, 2, out.pred.shape, generator=probe_generator).to(out.pred.dtype) * 2 - 1
+                    out.pred.backward(v, retain_graph=True)
+                    qmodel.state.collect = False
+                optimizer.zero_grad(set_to_none=True)  # (also drops the probe's parameter gradients)
                 loss.backward()
                 qmodel.state.collect = False
                 aux_loss = torch.zeros(())

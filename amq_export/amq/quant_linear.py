@@ -326,6 +326,8 @@ class AdaptiveQuantLinear(nn.Module):
                                "under calibration_mode(model) before collecting sensitivities")
 
         def sink(grad: Tensor) -> None:
+            if not self.state.collect:  # this backward pass is not the one collecting
+                return
             per_row = row_dot(grad, grad).unsqueeze(1) * range_sq
             per_row = (per_row if buckets is None else buckets.unsort(per_row)).squeeze(1)
             self.state.add_sensitivity(self.name, self.domain, per_row)
