@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from amq_export.errors import AMQError
+from amq_export.models.gathered_linear import gathered_rows
 
 # Inner-dimension block whose integer GEMM float32 computes exactly: every partial sum is an integer of
 # magnitude <= 255 * 128 * columns, below 2^24.
@@ -177,18 +178,15 @@ def gathered_int_linear(form: IntegerForm, flags: tuple[bool, int], row_bucket: 
     Needs one shared zero point (``flags``; else the plain way)."""
     clip, shared = flags
     if shared < 0:
-        parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
-        return torch.ops.amq.bucketed_linear(torch.cat(parts, dim=-1), row_bucket, *form, *flags)
+        return torch.ops.amq.bucketed_linear(gathered_rows(h, indices, rest), row_bucket, *form, *flags)
     act = (form.act_scale, form.act_zero_point, form.act_qmax)
     n = h.shape[0]
     per_bucket = torch.cat([torch.ops.amq.quantize_rows(h, row_bucket.new_full((n,), k), *act, clip, shared)
                             for k in range(form.act_scale.shape[0])])  # [K * N, in]: bucket k at k * N
-    offset = row_bucket * n
-    parts = [per_bucket.index_select(0, offset + index) for index in indices]
-    if rest is not None:
-        parts.append(torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared))
-    return torch.ops.amq.int_linear(torch.cat(parts, dim=-1), row_bucket, form.act_scale, form.weight_int_t,
-                                    form.weight_scale, form.bias, shared)
+    rest = torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared) if rest is not None else None
+    rows = gathered_rows(per_bucket, [row_bucket * n + index for index in indices], rest)
+    return torch.ops.amq.int_linear(rows, row_bucket, form.act_scale, form.weight_int_t, form.weight_scale,
+                                    form.bias, shared)
 
 
 class BucketedIntLinear(nn.Module):

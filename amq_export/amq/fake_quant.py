@@ -4,7 +4,8 @@ Brevitas' ``IntQuant`` computes ``y = (clamp(round_ste(x / s + z), qmin, qmax) -
 nine autograd-tracked elementwise ops, and its backward builds full-size temporaries for the
 gradients of ``s`` and ``z`` (the division's denominator gradient alone is three passes). On the
 edge rows of a mesh model those passes dominate a QAT step (profiled: ``mul``, ``where``, ``div``
-and ``neg`` were 46% of a GraphViT step). :class:`FusedIntQuant` computes the same forward, op for op
+and ``neg`` were 46% of a GraphViT step). One autograd node (``_RowFakeQuant``, also behind
+:class:`FusedIntQuant`, a per-tensor quantizer being one bucket) computes the same forward, op for op
 (so the values are bit-identical), and the same gradients in closed form:
 
 - ``dy/dx = 1`` where ``round(x / s + z)`` lies in ``[qmin, qmax]`` (Brevitas' clamp passes nothing
@@ -24,31 +25,6 @@ import torch
 from torch import Tensor, nn
 
 
-class _FakeQuant(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
-        rounded = x / scale
-        rounded.add_(zero_point).round_()
-        q = rounded.clamp(qmin, qmax)  # the values of Brevitas' where-based tensor_clamp, in one pass
-        ctx.save_for_backward(x, q, q == rounded, scale, zero_point)
-        return (q - zero_point).mul_(scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, q, inside, scale, zero_point = ctx.saved_tensors
-        grad_x = torch.where(inside, grad, grad.new_zeros(()))
-        grad_scale = grad_zero_point = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            g, gx = grad.reshape(-1), grad_x.reshape(-1)
-            total, total_inside = g.sum(), gx.sum()
-            if ctx.needs_input_grad[1]:
-                value = torch.dot(g, q.reshape(-1)) - zero_point * total - torch.dot(gx, x.reshape(-1)) / scale
-                grad_scale = value.reshape(scale.shape)
-            if ctx.needs_input_grad[2]:
-                grad_zero_point = (-scale * (total - total_inside)).reshape(zero_point.shape)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_scale, grad_zero_point, None, None
-
-
 class FusedIntQuant(nn.Module):
     """Drop-in for a Brevitas ``IntQuant`` (``forward(scale, zero_point, bit_width, x)``) of a per-tensor
     activation quantizer without delay; keeps the original for its integer range."""
@@ -63,7 +39,9 @@ class FusedIntQuant(nn.Module):
 
     def forward(self, scale: Tensor, zero_point: Tensor, bit_width: Tensor, x: Tensor) -> Tensor:
         qmin, qmax = self.int_quant.min_int(bit_width), self.int_quant.max_int(bit_width)
-        return _FakeQuant.apply(x, scale, zero_point, qmin.to(x.dtype), qmax.to(x.dtype))
+        rows = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)  # one bucket holding every row
+        params = (t.reshape(1).to(x.dtype) for t in (scale, zero_point, qmin, qmax))
+        return _RowFakeQuant.apply(rows, rows.new_zeros(rows.shape[0], dtype=torch.long), *params).view(x.shape)
 
 
 def fuse_activation_quant(quant_identity: nn.Module) -> None:
@@ -80,9 +58,9 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _RowFakeQuant(torch.autograd.Function):
-    """``_FakeQuant`` with per-bucket parameters: row ``r`` uses entry ``row_bucket[r]`` of ``scale``,
-    ``zero_point``, ``qmin`` and ``qmax`` ([K] each). The same elementwise ops as ``_FakeQuant`` on a
-    segment of rows (bit-identical values); the parameter gradients are per-row dot products summed per bucket."""
+    """Fake quantization with per-bucket parameters: row ``r`` uses entry ``row_bucket[r]`` of ``scale``,
+    ``zero_point``, ``qmin`` and ``qmax`` ([K] each), Brevitas' elementwise ops in Brevitas' order
+    (bit-identical values); the parameter gradients are per-row dot products summed per bucket."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, row_bucket: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor,

@@ -69,6 +69,11 @@ def calibrate(qmodel: AMQModel, meshes: Sequence[Any], batches: int = 4, batch_s
 
 
 SENSITIVITIES = ("fisher", "gauss-newton")
+
+
+def _rademacher(like: Tensor, generator: torch.Generator) -> Tensor:
+    """Random +-1 entries shaped like ``like``: a Hutchinson probe."""
+    return torch.randint(0, 2, like.shape, generator=generator).to(like.dtype) * 2 - 1
 GAUSS_NEWTON_SAMPLES = 4
 
 
@@ -94,8 +99,7 @@ def _true_scores(qmodel: AMQModel, batch: Any, budget: float, normalizer: Any | 
             else:
                 generator = torch.Generator().manual_seed(0)
                 for k in range(GAUSS_NEWTON_SAMPLES):
-                    v = torch.randint(0, 2, out.pred.shape, generator=generator).to(out.pred.dtype) * 2 - 1
-                    (out.pred * v).sum().backward(retain_graph=k < GAUSS_NEWTON_SAMPLES - 1)
+                    out.pred.backward(_rademacher(out.pred, generator), retain_graph=k < GAUSS_NEWTON_SAMPLES - 1)
     finally:
         qmodel.state.collect = False
         qmodel.zero_grad(set_to_none=True)
@@ -170,8 +174,7 @@ def finetune(
                     out.aux_node, out.aux_cluster = qmodel.aux(batch)
                 loss = batch_relative_l2(out.pred, batch, normalizer).mean()
                 if probe:  # one Hutchinson probe of the prediction collects Gauss-Newton sensitivities
-                    v = torch.randint(0, 2, out.pred.shape, generator=probe_generator).to(out.pred.dtype) * 2 - 1
-                    out.pred.backward(v, retain_graph=True)
+                    out.pred.backward(_rademacher(out.pred, probe_generator), retain_graph=True)
                     qmodel.state.collect = False
                 optimizer.zero_grad(set_to_none=True)  # (also drops the probe's parameter gradients)
                 loss.backward()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +31,7 @@ from amq_export.amq.bit_state import DOMAINS, BitState
 from amq_export.amq.bucketed_linear import IntegerForm, gathered_int_linear, integer_form
 from amq_export.amq.cost import LayerCost
 from amq_export.amq.fake_quant import fuse_activation_quant, row_dot, row_fake_quant
+from amq_export.models.gathered_linear import gathered_rows
 
 # Unsigned with a zero point, bit-width overridden per bucket (module docstring says why).
 DEFAULT_ACT_QUANT: type = ShiftedUint8ActPerTensorFloat
@@ -290,8 +291,7 @@ class AdaptiveQuantLinear(nn.Module):
         values and gradient sums with a K*N-row instead of an E-row quantization of the gathered columns.
         Integer evaluation runs ``gathered_int_linear``; calibration and per-bucket weights take the plain way."""
         if self.calibrating or len(self.linears) > 1:
-            parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
-            return self(torch.cat(parts, dim=-1))
+            return self(gathered_rows(h, indices, rest))
         h, rest = self._nudge(h), (self._nudge(rest) if rest is not None else None)
         row_bucket = self.row_bucket_index(indices[0].numel())
         if self.integer_eval and not self.training and not torch.is_grad_enabled():
@@ -299,11 +299,8 @@ class AdaptiveQuantLinear(nn.Module):
         n, k = h.size(0), len(self.bits)
         node_bucket = torch.arange(k, device=h.device).repeat_interleave(n)
         per_bucket = row_fake_quant(self.act_quants, h.repeat(k, 1), node_bucket)  # bucket j's rows at j * N
-        offset = row_bucket * n
-        parts = [per_bucket.index_select(0, offset + index) for index in indices]
-        if rest is not None:
-            parts.append(row_fake_quant(self.act_quants, rest, row_bucket))
-        return self._linear_on_quantized(torch.cat(parts, dim=-1))
+        rest = row_fake_quant(self.act_quants, rest, row_bucket) if rest is not None else None
+        return self._linear_on_quantized(gathered_rows(per_bucket, [row_bucket * n + i for i in indices], rest))
 
     def _nudge(self, x: Tensor) -> Tensor:
         """``x`` with every element one ulp up or down at random while ``ulp_noise`` is set, else ``x``."""
@@ -359,36 +356,32 @@ def _per_chunk(modules: nn.ModuleList, x: Tensor, sizes: list[int]) -> Tensor:
 
 
 @contextmanager
-def fake_quant_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside, evaluation runs the training numerics (float fake quantization) instead of the integer ones."""
+def _on_every_layer(model: nn.Module, attribute: str, value: Any) -> Iterator[nn.Module]:
+    """Inside, every ``AdaptiveQuantLinear`` of ``model`` has ``attribute`` set to ``value``; restored on exit."""
     layers = [m for m in model.modules() if isinstance(m, AdaptiveQuantLinear)]
-    saved = [layer.integer_eval for layer in layers]
+    saved = [getattr(layer, attribute) for layer in layers]
     try:
         for layer in layers:
-            layer.integer_eval = False
+            setattr(layer, attribute, value)
         yield model
     finally:
-        for layer, value in zip(layers, saved, strict=True):
-            layer.integer_eval = value
+        for layer, old in zip(layers, saved, strict=True):
+            setattr(layer, attribute, old)
 
 
-@contextmanager
-def input_ulp_noise(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+def fake_quant_eval(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """Inside, evaluation runs the training numerics (float fake quantization) instead of the integer ones."""
+    return _on_every_layer(model, "integer_eval", False)
+
+
+def input_ulp_noise(model: nn.Module, seed: int = 0) -> AbstractContextManager[nn.Module]:
     """Inside, every quantized layer's input elements are one ulp off, up or down at random.
 
     Two correct float implementations of the same network (PyTorch's kernels, a runtime's) differ by
     about that much before each quantizer; the prediction's change under this noise is the floor
     against which the exported model's parity with PyTorch can be read (low-bit roundings amplify it).
     """
-    layers = [m for m in model.modules() if isinstance(m, AdaptiveQuantLinear)]
-    generator = torch.Generator().manual_seed(seed)
-    try:
-        for layer in layers:
-            layer.ulp_noise = generator
-        yield model
-    finally:
-        for layer in layers:
-            layer.ulp_noise = None
+    return _on_every_layer(model, "ulp_noise", torch.Generator().manual_seed(seed))
 
 
 @contextmanager

@@ -23,5 +23,10 @@ def gathered_linear(linear: nn.Module, h: Tensor, indices: Sequence[Tensor], res
     hooked = bool(linear._forward_hooks or linear._forward_pre_hooks)  # hooks expect the concatenated rows
     if gathered is not None and not hooked:
         return gathered(h, indices, rest)
+    return linear(gathered_rows(h, indices, rest))
+
+
+def gathered_rows(h: Tensor, indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
+    """The rows ``cat([h[i] for i in indices] + [rest], -1)``."""
     parts = [h.index_select(0, index) for index in indices] + ([rest] if rest is not None else [])
-    return linear(torch.cat(parts, dim=-1))
+    return torch.cat(parts, dim=-1)
