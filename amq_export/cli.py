@@ -157,7 +157,6 @@ def cmd_plan(args: argparse.Namespace) -> None:
     """Layers, domains, shapes and MACs of a checkpoint, and the BOPs of uniform 4/8-bit and of the budget."""
     from rich.table import Table
 
-    from amq_export.amq.allocation import edge_bits
     from amq_export.amq.config import AMQConfig
     from amq_export.api import quantize
     from amq_export.checkpoint import load_checkpoint
@@ -182,15 +181,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
         summary.add_column(col, justify="right")
     for label, budget, mode in (("uniform 8-bit", 8.0, "uniform"), ("uniform 4-bit", 4.0, "uniform"),
                                 (f"AMQ budget {config.budget:g}", config.budget, "aux")):
-        node_cost, cluster_cost = qmodel.item_costs(mesh)
-        node_bits = torch.full_like(node_cost, budget).round().long() if mode == "uniform" else None
-        if mode == "aux":
-            with torch.no_grad():
-                node_bits, cluster_bits = qmodel.allocate(mesh, budget, "aux", aux_scores=qmodel.aux(mesh))
-        else:
-            cluster_bits = None if cluster_cost is None else torch.full_like(cluster_cost, budget).round().long()
-        cost = qmodel.cost(mesh, node_bits, edge_bits(node_bits, mesh.edge_index, config.edge_rule), cluster_bits,
-                           with_aux=mode == "aux")
+        with torch.no_grad():
+            if mode == "aux":
+                cost = qmodel.allocation_cost(mesh, budget, mode)
+            else:  # every row at ``budget`` bits, whether or not it is one of the options
+                bits = {d: torch.full((n,), int(budget)) for d, n in rows.items()}
+                cost = qmodel.cost(mesh, bits["node"], bits["edge"], bits["cluster"] if qmodel.has_cluster_items else None,
+                                   with_aux=False)
         summary.add_row(label, f"{cost['b_eff']:.3f}", f"{cost['bops'] / 1e9:.3f}", f"{cost['aux_bops'] / 1e9:.4f}")
     results_console.print(summary)
 

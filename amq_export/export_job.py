@@ -165,7 +165,7 @@ def run(job: ExportJob) -> dict[str, Any]:
             "rewrites": exported.rewrites, "artifacts": artifacts,
             "job": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(job).items()},
         }
-        _plot(stage / "allocation.png", models, test[0], normalizer, job.budget, verification["node_bits_first"])
+        _plot(stage / "allocation.png", models, test[0], normalizer, job.budget, verification["bits_first"])
         seconds["total"] = time.perf_counter() - t_start
         report["seconds"] = seconds
         from amq_export.report import write_json, write_markdown
@@ -203,11 +203,12 @@ def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget
                 fake = qmodel(mesh, budget=budget, mode="aux").pred
             with input_ulp_noise(qmodel, seed=len(ulp_pairs)):
                 nudged = qmodel(mesh, budget=budget, mode="aux")
-        bits = _all_bits(ref.node_bits, ref.cluster_bits), _all_bits(out["node_bits"], out.get("cluster_bits"))
+        bits = (_all_bits(ref.node_bits, ref.edge_bits, ref.cluster_bits),
+                _all_bits(out["node_bits"], out["edge_bits"], out.get("cluster_bits")))
         pairs.append((ref.pred.numpy(), out["pred"], *bits))
         fake_pairs.append((ref.pred.numpy(), fake.numpy(), None, None))
         ulp_pairs.append((ref.pred.numpy(), nudged.pred.numpy(), bits[0],
-                          _all_bits(nudged.node_bits, nudged.cluster_bits)))
+                          _all_bits(nudged.node_bits, nudged.edge_bits, nudged.cluster_bits)))
     times = run.seconds
     result = parity(pairs)
     result["pass"] = bool(result["bits_agreement"] >= PARITY_BITS and result["rel_l2"] <= PARITY_REL_L2)
@@ -217,12 +218,13 @@ def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget
     latency = {"median": 1e3 * float(np.median(times[1:] or times)), "runs": max(len(times) - 1, 1),
                "nodes": int(test[0].num_nodes), "threads": "default"}
     return {"parity": result, "rel_l2": float(np.mean(run.rel_l2)), "b_eff": float(np.mean(run.b_eff)),
-            "latency": latency, "node_bits_first": run.outputs[0]["node_bits"]}
+            "latency": latency, "bits_first": (run.outputs[0]["node_bits"], run.outputs[0]["edge_bits"])}
 
 
-def _all_bits(node_bits: Any, cluster_bits: Any) -> np.ndarray:
-    """Node bits, then cluster bits where the model has cluster items: what bits agreement compares."""
-    return np.concatenate([np.asarray(b) for b in (node_bits, cluster_bits) if b is not None])
+def _all_bits(*bits: Any) -> np.ndarray:
+    """Node, edge (and cluster, where the model has cluster items) bits in one vector: what bits agreement
+    compares."""
+    return np.concatenate([np.asarray(b) for b in bits if b is not None])
 
 
 def _float_gbops(qmodel: Any, meshes: list[Any]) -> float:
@@ -236,7 +238,9 @@ def _float_gbops(qmodel: Any, meshes: list[Any]) -> float:
     return total / len(meshes) / 1e9
 
 
-def _plot(path: Path, models: dict[str, Any], mesh: Any, normalizer: Any, budget: float, bits: np.ndarray) -> None:
+def _plot(path: Path, models: dict[str, Any], mesh: Any, normalizer: Any, budget: float,
+          bits: tuple[np.ndarray, np.ndarray]) -> None:
+    """``allocation.png`` for one mesh from the artifact's ``node_bits`` and ``edge_bits`` outputs."""
     from amq_export.report import plot_allocation
 
     errors, rels = {}, {}
@@ -246,8 +250,15 @@ def _plot(path: Path, models: dict[str, Any], mesh: Any, normalizer: Any, budget
             pred = normalizer.invert(qmodel(mesh, budget=budget, mode=mode).pred, "y")
         errors[mode] = (pred - truth).abs().sum(-1).numpy()
         rels[mode] = float((pred - truth).norm() / truth.norm())
-    plot_allocation(path, mesh.pos.numpy(), np.asarray(bits), errors["aux"], errors["uniform"], (
-        f"AMQ bits per node (budget {budget:g}, mean {float(np.mean(bits)):.2f})",
+    node_bits, edge_bits = (np.asarray(b) for b in bits)
+    # per node, the bits of the edges it receives (one value under the target rule; their max otherwise)
+    received = np.full(node_bits.shape, -1, dtype=np.int64)
+    np.maximum.at(received, mesh.edge_index[1].numpy(), edge_bits)
+    received = np.where(received < 0, node_bits.min(initial=0), received)
+    plot_allocation(path, mesh.pos.numpy(), [
+        (node_bits, f"AMQ bits of node rows (budget {budget:g}, mean {float(np.mean(node_bits)):.2f})"),
+        (received, f"AMQ bits of the edges each node receives (mean over edges {float(np.mean(edge_bits)):.2f})"),
+    ], errors["aux"], errors["uniform"], (
         f"|error| AMQ (rel-L2 {rels['aux']:.4f})", f"|error| uniform, equal cost (rel-L2 {rels['uniform']:.4f})"))
 
 

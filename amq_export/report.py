@@ -1,8 +1,9 @@
 """The export job's report: ``report.json``, ``report.md`` and ``allocation.png``.
 
-``allocation.png`` shows one test mesh three times: coloured by the bit-width AMQ allocated to
-each node, then the absolute error of the AMQ model and of uniform quantization at equal cost on
-one colour scale, so a reader sees where bits went and whether the error moved with them.
+``allocation.png`` shows one test mesh four times: coloured by the bit-width AMQ allocated to each
+node's rows and to the edges each node receives, then the absolute error of the AMQ model and of
+uniform quantization at equal cost on one colour scale, so a reader sees where bits went and whether
+the error moved with them.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Parity of the exported model against PyTorch",
         "",
-        f"- same bit-width on {100 * parity['bits_agreement']:.3f}% of nodes (target >= 99.9%)",
+        f"- same bit-width on {100 * parity['bits_agreement']:.3f}% of node and edge rows (target >= 99.9%)",
         (f"- prediction relative L2 difference {_fmt(parity['rel_l2'], 3)} over all test meshes (target <= 1e-3); "
          f"worst mesh {_fmt(parity['rel_l2_worst_mesh'], 3)}, max abs {_fmt(parity['max_abs'], 3)}"),
         ("- PyTorch evaluates AMQ models with the artifact's integer arithmetic; the float fake quantization "
          f"of training differs from it by {_fmt(parity.get('fake_quant_rel_l2'), 3)}"),
         ("- one-ulp floor: PyTorch against itself with every quantized layer's input one ulp off differs by "
          f"{_fmt(parity.get('ulp_floor_rel_l2'), 3)} (bits the same on "
-         f"{100 * parity.get('ulp_floor_bits_agreement', float('nan')):.3f}% of nodes): what float kernels that "
+         f"{100 * parity.get('ulp_floor_bits_agreement', float('nan')):.3f}% of rows): what float kernels that "
          "differ in the last bit do to this model's roundings"),
         f"- verdict: **{'PASS' if parity['pass'] else 'FAIL'}** (bits and the 1e-3 bound)",
         "",
@@ -82,9 +83,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
-def plot_allocation(path: Path, pos: np.ndarray, bits: np.ndarray, error_amq: np.ndarray,
-                    error_uniform: np.ndarray, titles: tuple[str, str, str]) -> Path:
-    """Three panels over the mesh nodes: AMQ bits, |error| of AMQ, |error| of uniform (shared scale)."""
+def plot_allocation(path: Path, pos: np.ndarray, bit_maps: list[tuple[np.ndarray, str]], error_amq: np.ndarray,
+                    error_uniform: np.ndarray, error_titles: tuple[str, str]) -> Path:
+    """Panels over the mesh nodes: each of ``bit_maps`` (integer bits per node, title) on one discrete
+    colour scale, then |error| of AMQ and of uniform on one shared scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,17 +95,19 @@ def plot_allocation(path: Path, pos: np.ndarray, bits: np.ndarray, error_amq: np
     from matplotlib.tri import Triangulation
 
     tri = Triangulation(pos[:, 0], pos[:, 1])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
-    options = np.unique(bits)
+    k = len(bit_maps)
+    fig, axes = plt.subplots(1, k + 2, figsize=(5 * (k + 2), 4.6), constrained_layout=True)
+    options = np.unique(np.concatenate([bits.ravel() for bits, _ in bit_maps]))
     edges = np.concatenate([options - 0.5, [options[-1] + 0.5]])
     cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0, 1, max(len(options), 2)))[: len(options)])
-    shaded = axes[0].tripcolor(tri, bits.astype(float), cmap=cmap, norm=BoundaryNorm(edges, cmap.N),
-                               shading="flat")
-    fig.colorbar(shaded, ax=axes[0], ticks=options, label="activation bits")
+    for ax, (bits, _) in zip(axes, bit_maps):
+        shaded = ax.tripcolor(tri, bits.astype(float), cmap=cmap, norm=BoundaryNorm(edges, cmap.N), shading="flat")
+    fig.colorbar(shaded, ax=axes[:k], ticks=options, label="activation bits")
+    titles = [title for _, title in bit_maps] + list(error_titles)
     vmax = float(max(error_amq.max(initial=0.0), error_uniform.max(initial=0.0))) or 1.0
-    for ax, err in ((axes[1], error_amq), (axes[2], error_uniform)):
+    for ax, err in ((axes[k], error_amq), (axes[k + 1], error_uniform)):
         shaded = ax.tripcolor(tri, err, cmap="magma", vmin=0.0, vmax=vmax, shading="gouraud")
-    fig.colorbar(shaded, ax=axes[1:], label="|prediction - truth|")
+    fig.colorbar(shaded, ax=axes[k:], label="|prediction - truth|")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_aspect("equal")

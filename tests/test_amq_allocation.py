@@ -10,11 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amq_export.amq.allocation import (
+    EMPTY_ITEM_COST,
     allocate,
     allocate_budget,
     allocate_levels_traceable,
     default_bits,
     edge_bits,
+    edge_owner,
     node_item_costs,
     random_scores,
     uniform_bits,
@@ -238,9 +240,16 @@ def test_edge_rules():
 
 
 def test_node_item_costs():
-    edge_index = T([[0, 1, 2, 2], [1, 0, 0, 1]])  # in-degrees 2, 2, 0
+    """Every node has two items: its own rows and the rows of the edges it owns; items with no rows cost
+    EMPTY_ITEM_COST, so that every item has a positive cost."""
+    edge_index = T([[0, 1, 2, 2], [1, 0, 0, 1]])  # in-degrees 2, 2, 0, 0; out-degrees 1, 1, 2, 0
     costs = node_item_costs(100.0, 10.0, edge_index, num_nodes=4, weight_bits=8)
-    assert costs.tolist() == [960.0, 960.0, 800.0, 800.0]
+    assert costs.tolist() == [[800.0, 160.0], [800.0, 160.0], [800.0, EMPTY_ITEM_COST], [800.0, EMPTY_ITEM_COST]]
+    by_source = node_item_costs(100.0, 10.0, edge_index, num_nodes=4, weight_bits=8, rule="source")
+    assert by_source[:, 1].tolist() == [80.0, 80.0, 160.0, EMPTY_ITEM_COST]
+    assert edge_owner(edge_index, "max").tolist() == [1, 0, 0, 1]
+    no_edge_layers = node_item_costs(100.0, 0.0, edge_index, num_nodes=4, weight_bits=8)
+    assert (no_edge_layers[:, 1] == EMPTY_ITEM_COST).all()
 
 
 def test_random_scores():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from amq_export.amq.allocation import allocate_budget, edge_bits, node_item_costs
+from amq_export.amq.allocation import EMPTY_ITEM_COST, allocate_budget, edge_bits, node_item_costs
 from amq_export.amq.cost import LayerCost, aux_bops, bops
 
 LAYERS = [LayerCost("node_mlp", "node", 3, 4, 8), LayerCost("edge_mlp", "edge", 5, 2, 8)]
@@ -57,10 +57,12 @@ def test_allocation_costs_match_bops():
     layers = [LayerCost("enc", "node", 16, 32, w), LayerCost("upd", "node", 32, 32, w),
               LayerCost("msg", "edge", 40, 32, w)]
     costs = node_item_costs(16 * 32 + 32 * 32, 40 * 32, edge_index, num_nodes, w)
-    scores = torch.rand(num_nodes, generator=gen)
+    has_rows = costs > EMPTY_ITEM_COST
+    scores = torch.rand(num_nodes, 2, generator=gen)
     aux_macs = 3000
-    bits = allocate_budget(scores, costs, (3, 4, 5, 6), 4.5, fixed_cost=aux_bops(aux_macs))
-    cost = bops(layers, {"node": bits, "edge": edge_bits(bits, edge_index)}, aux_macs=aux_macs)
-    assert cost["quantized_bops"] == int((costs * bits).sum())
-    assert cost["b_eff"] == pytest.approx(float((costs * bits).sum() / costs.sum()))
+    bits = allocate_budget(scores.reshape(-1), costs.reshape(-1), (3, 4, 5, 6), 4.5,
+                           fixed_cost=aux_bops(aux_macs)).view(num_nodes, 2)
+    cost = bops(layers, {"node": bits[:, 0], "edge": edge_bits(bits[:, 1], edge_index)}, aux_macs=aux_macs)
+    assert cost["quantized_bops"] == int((costs * bits)[has_rows].sum())
+    assert cost["b_eff"] == pytest.approx(float((costs * bits)[has_rows].sum() / costs[has_rows].sum()))
     assert cost["b_charged"] <= 4.5

@@ -34,8 +34,8 @@ def _compare(qmodel, runner, meshes, budget):
         with torch.no_grad():
             ref = qmodel(mesh, budget=budget, mode="aux")
         out = runner.run(mesh, budget)
-        bits = (np.concatenate([ref.node_bits.numpy(), ref.cluster_bits.numpy()]),
-                np.concatenate([out["node_bits"], out["cluster_bits"]]))
+        bits = (np.concatenate([ref.node_bits.numpy(), ref.edge_bits.numpy(), ref.cluster_bits.numpy()]),
+                np.concatenate([out["node_bits"], out["edge_bits"], out["cluster_bits"]]))
         pairs.append((ref.pred.numpy(), out["pred"], *bits))
     return parity(pairs)
 
@@ -53,7 +53,7 @@ def test_graph_reads_padded_clusters_and_outputs_cluster_bits(exported):
     assert list(inputs) == ["x", "pos", "edge_index", "node_type", "clusters", "budget"]
     dims = [d.dim_param for d in inputs["clusters"].type.tensor_type.shape.dim]
     assert dims == ["num_clusters", "cluster_size"] and inputs["clusters"].doc_string
-    assert [o.name for o in model.graph.output] == ["pred", "node_bits", "cluster_bits"]
+    assert [o.name for o in model.graph.output] == ["pred", "node_bits", "edge_bits", "cluster_bits"]
     assert result.meta["cluster_size"] == 16
     assert any(layer.domain == "cluster" for layer in qmodel.layers)
     # one GRU op over any cluster size, not the recurrence unrolled over the example's (see
@@ -64,10 +64,13 @@ def test_graph_reads_padded_clusters_and_outputs_cluster_bits(exported):
 
 
 def test_parity_on_darcy_test_meshes(tiny, exported):
+    """The same bits everywhere and, on nearly every mesh, the same prediction to 1e-5 (one-ulp rounding
+    flips aside: see ``test_export_onnx.test_parity_on_darcy_test_meshes``)."""
     qmodel, _, runner = exported
-    for budget in (2.8, 4.0, 6.5):
-        result = _compare(qmodel, runner, tiny.test, budget)
-        assert result["bits_agreement"] == 1.0 and result["rel_l2"] <= 1e-3, (budget, result)
+    results = [_compare(qmodel, runner, [mesh], budget) for budget in (2.8, 4.0, 6.5) for mesh in tiny.test]
+    assert all(r["bits_agreement"] == 1.0 for r in results)
+    exact = [r["rel_l2"] <= 1e-5 for r in results]
+    assert np.mean(exact) >= 0.8 and max(r["rel_l2"] for r in results) <= 5e-2, [r["rel_l2"] for r in results]
 
 
 def _clustered_mesh(seed: int) -> tuple[MeshData, float]:
@@ -108,7 +111,8 @@ def test_empty_mesh_and_empty_cluster(exported):
              "edge_index": np.zeros((2, 0), np.int64), "node_type": np.zeros(0, np.int64),
              "clusters": np.full((1, 1), -1, np.int64), "budget": np.array(4.0, np.float32)}
     out = runner.run_feeds(empty)
-    assert out["pred"].shape == (0, 1) and out["node_bits"].shape == (0,) and out["cluster_bits"].shape == (1,)
+    assert out["pred"].shape == (0, 1) and out["node_bits"].shape == (0,) and out["edge_bits"].shape == (0,)
+    assert out["cluster_bits"].shape == (1,)
     n = 6  # a padded row of -1 is an empty cluster: masked in attention, no members to broadcast to
     feeds = {"x": np.ones((n, 1), np.float32), "pos": np.random.default_rng(0).random((n, 2), np.float32),
              "edge_index": np.array([[0, 1, 2], [1, 2, 3]]), "node_type": np.zeros(n, np.int64),
@@ -125,8 +129,9 @@ def test_inference_model_matches_amq_model_in_torch(tiny, exported):
             mesh = tiny.test[1]
             with torch.no_grad():
                 ref = qmodel(mesh, budget=4.3, mode=mode)
-                pred, node_bits, cluster_bits = deployed(*deployed.example_inputs(mesh, 4.3))
+                pred, node_bits, edge_bits, cluster_bits = deployed(*deployed.example_inputs(mesh, 4.3))
             assert torch.equal(node_bits, ref.node_bits) and torch.equal(cluster_bits, ref.cluster_bits)
+            assert torch.equal(edge_bits, ref.edge_bits)
             torch.testing.assert_close(pred, ref.pred, rtol=1e-4, atol=1e-5)
 
 

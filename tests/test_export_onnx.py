@@ -38,7 +38,12 @@ def exported(tiny, qmodel_factory, tmp_path_factory):
 def _torch_run(qmodel, mesh, budget, mode="aux"):
     with torch.no_grad():
         out = qmodel(mesh, budget=budget, mode=mode)
-    return out.pred.numpy(), out.node_bits.numpy()
+    return out.pred.numpy(), np.concatenate([out.node_bits.numpy(), out.edge_bits.numpy()])
+
+
+def _bits(out):
+    """The artifact's node bits, then its edge bits (what ``_torch_run`` returns)."""
+    return np.concatenate([out["node_bits"], out["edge_bits"]])
 
 
 def test_graph_is_checked_documented_and_dynamic(exported):
@@ -51,7 +56,7 @@ def test_graph_is_checked_documented_and_dynamic(exported):
     assert all(i.doc_string for i in inputs.values())
     assert inputs["x"].type.tensor_type.shape.dim[0].dim_param == "num_nodes"
     assert inputs["edge_index"].type.tensor_type.shape.dim[1].dim_param == "num_edges"
-    assert [o.name for o in model.graph.output] == ["pred", "node_bits"]
+    assert [o.name for o in model.graph.output] == ["pred", "node_bits", "edge_bits"]
     ops = Counter(node.op_type for node in model.graph.node)
     # every quantized Linear is one integer GEMM; the allocation and the bucket sort are in the graph
     assert ops["MatMulInteger"] == len(qmodel.layers)
@@ -70,15 +75,19 @@ def test_ort_target_runs_integer_kernels(exported):
 
 @pytest.mark.parametrize("which", [2, 3])
 def test_parity_on_darcy_test_meshes(tiny, exported, which):
+    """The same bits everywhere and, on nearly every mesh, the same prediction to 1e-5. This untrained
+    fixture's one-ulp floor (``input_ulp_noise``) is 1e-2 to 8e-2 per mesh, so a one-ulp difference that
+    flips one rounding may move a mesh that far; the fraction of exact meshes is what checks the graph."""
     qmodel, runner = exported[0], exported[which]
+    results = []
     for budget in (3.6, 4.0, 4.5, 5.9):
-        pairs = []
         for mesh in tiny.test:
             pred, bits = _torch_run(qmodel, mesh, budget)
             out = runner.run(mesh, budget)
-            pairs.append((pred, out["pred"], bits, out["node_bits"]))
-        result = parity(pairs)
-        assert result["bits_agreement"] >= 0.999 and result["rel_l2"] <= 1e-3, (budget, result)
+            results.append(parity([(pred, out["pred"], bits, _bits(out))]))
+    assert all(r["bits_agreement"] == 1.0 for r in results)
+    exact = [r["rel_l2"] <= 1e-5 for r in results]
+    assert np.mean(exact) >= 0.9 and max(r["rel_l2"] for r in results) <= 5e-2, [r["rel_l2"] for r in results]
 
 
 def test_empty_meshes_give_shaped_outputs(exported):
@@ -86,7 +95,7 @@ def test_empty_meshes_give_shaped_outputs(exported):
     empty = MeshData(x=torch.zeros(0, 1), pos=torch.zeros(0, 2), edge_index=torch.zeros(2, 0, dtype=torch.long),
                      node_type=torch.zeros(0, dtype=torch.long))
     out = runner.run(empty, 4.0)
-    assert out["pred"].shape == (0, 1) and out["node_bits"].shape == (0,)
+    assert out["pred"].shape == (0, 1) and out["node_bits"].shape == (0,) and out["edge_bits"].shape == (0,)
     lonely = MeshData(x=torch.randn(5, 1), pos=torch.rand(5, 2), edge_index=torch.zeros(2, 0, dtype=torch.long),
                       node_type=torch.zeros(5, dtype=torch.long))
     out = runner.run(lonely, 4.0)
@@ -122,11 +131,11 @@ def test_parity_on_random_meshes(exported, case):
     low = bits[0] + 0.1  # leaves room for the auxiliary model's cost
     budget = low + fraction * (bits[-1] - low)
     try:
-        pred, node_bits = _torch_run(qmodel, mesh, budget)
+        pred, bits = _torch_run(qmodel, mesh, budget)
     except AMQError:  # the auxiliary model alone costs more than the budget allows on this mesh
         return
     out = runner.run(mesh, budget)
-    result = parity([(pred, out["pred"], node_bits, out["node_bits"])])
+    result = parity([(pred, out["pred"], bits, _bits(out))])
     assert result["bits_agreement"] >= 0.999 and result["rel_l2"] <= 1e-3, result
 
 
@@ -139,8 +148,9 @@ def test_inference_model_matches_amq_model_in_torch(tiny, qmodel_factory):
                 for mesh in tiny.test[:2]:
                     with torch.no_grad():
                         ref = qmodel(mesh, budget=4.3, mode=mode)
-                        pred, bits = deployed(*deployed.example_inputs(mesh, 4.3))
-                    assert torch.equal(bits, ref.node_bits), (overrides, mode)
+                        pred, node_bits, edge_bits = deployed(*deployed.example_inputs(mesh, 4.3))
+                    assert torch.equal(node_bits, ref.node_bits), (overrides, mode)
+                    assert torch.equal(edge_bits, ref.edge_bits), (overrides, mode)
                     torch.testing.assert_close(pred, ref.pred, rtol=1e-4, atol=1e-5)
 
 
@@ -154,7 +164,7 @@ def test_single_option_exports_uniform_without_allocation(tiny, qmodel_factory, 
     pred, bits = _torch_run(qmodel, mesh, 8.0, mode="uniform")
     out = runner.run(mesh)  # the budget input stays (one interface for every artifact) and is ignored
     assert np.array_equal(out["pred"], runner.run(mesh, 3.0)["pred"])
-    assert parity([(pred, out["pred"], bits, out["node_bits"])])["rel_l2"] <= 1e-5
+    assert parity([(pred, out["pred"], bits, _bits(out))])["rel_l2"] <= 1e-5
 
 
 def test_float_export_matches_the_float_model(tiny, tmp_path):

@@ -1,7 +1,8 @@
 """Per-item activation bit-widths under a compute budget (DESIGN items 1, 4 and 6).
 
-Items are nodes (each owning its own rows and the rows of the edges it receives) and, for
-GraphViT, clusters. ``allocate`` minimises the first-order loss increase ``sum_i s_i 4^-b_i``
+Items: every node carries two, the rows of its own features and the rows of the edges it owns (its
+incoming edges under the ``target`` edge rule), each with its own bit-width, and, for GraphViT,
+every cluster is one. ``allocate`` minimises the first-order loss increase ``sum_i s_i 4^-b_i``
 subject to ``sum_i c_i b_i <= capacity`` with the greedy of DESIGN item 6.
 """
 
@@ -221,11 +222,8 @@ def random_scores(costs: Tensor, generator: torch.Generator | None = None) -> Te
 
 
 def edge_bits(node_bits: Tensor, edge_index: Tensor, rule: EdgeRule = "target") -> Tensor:
-    """Bit-width per edge from its nodes: target (row 1 of ``edge_index``), source (row 0) or their max.
-
-    Only ``target`` matches the costs of ``node_item_costs``; ``source`` and ``max`` change the
-    BOPs actually spent (``max`` can exceed the budget).
-    """
+    """Bit-width per edge from the edge items of its nodes (``node_bits``, one per node): target (row 1 of
+    ``edge_index``), source (row 0) or their max (which can exceed the budget: see ``node_item_costs``)."""
     if rule not in EDGE_RULES:
         raise AMQError(f"unknown edge rule {rule!r}: use one of {', '.join(EDGE_RULES)}")
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
@@ -237,19 +235,34 @@ def edge_bits(node_bits: Tensor, edge_index: Tensor, rule: EdgeRule = "target") 
     return torch.maximum(node_bits[edge_index[0]], node_bits[edge_index[1]])
 
 
-def node_item_costs(node_macs_per_row: float, edge_macs_per_row: float, edge_index: Tensor, num_nodes: int,
-                    weight_bits: int) -> Tensor:
-    """Cost of one activation bit of each node item (float64 [N]).
+# The two items of every node, in the column order of ``node_item_costs``, of the auxiliary model's node
+# scores and of the node sensitivities: its own feature rows, then the rows of the edges it owns.
+NODE_ITEMS = ("node", "edge")
+# Cost given to an item that owns no rows (a node without owned edges, a model without edge layers), so that
+# every item has a positive cost: far below one MAC, so it never moves a budget measurably.
+EMPTY_ITEM_COST = 1e-3
 
-    A node owns its own rows and the rows of the edges it receives (the ``target`` edge rule):
-    ``c_i = (node_macs_per_row + in_degree_i * edge_macs_per_row) * weight_bits``, where the MACs per
-    row are summed over the quantized layers of each domain.
+
+def edge_owner(edge_index: Tensor, rule: EdgeRule = "target") -> Tensor:
+    """The node whose edge item an edge's rows are charged to: its source under ``source``, else its target."""
+    return edge_index[0] if rule == "source" else edge_index[1]
+
+
+def node_item_costs(node_macs_per_row: float, edge_macs_per_row: float, edge_index: Tensor, num_nodes: int,
+                    weight_bits: int, rule: EdgeRule = "target") -> Tensor:
+    """Cost of one activation bit of the two items of every node (float64 [N, 2], ``NODE_ITEMS`` order).
+
+    Column 0 is the node's own rows, ``node_macs_per_row * weight_bits``; column 1 the rows of the edges it
+    owns (``edge_owner``), ``owned_edges_i * edge_macs_per_row * weight_bits``; MACs per row summed over the
+    quantized layers of each domain. Items that own no rows cost ``EMPTY_ITEM_COST``. Under the ``max`` edge
+    rule an edge may run above its owner's bits, so the BOPs spent can exceed what these costs count.
     """
-    target = edge_index[1]
+    owner = edge_owner(edge_index, rule)
     # index_add rather than bincount: no output shape depends on values, so graphs can trace it
-    in_degree = torch.zeros(num_nodes, dtype=torch.float64, device=target.device).index_add(
-        0, target, torch.ones(target.shape[0], dtype=torch.float64, device=target.device))
-    return (node_macs_per_row + in_degree * edge_macs_per_row) * weight_bits
+    owned = torch.zeros(num_nodes, dtype=torch.float64, device=owner.device).index_add(
+        0, owner, torch.ones(owner.shape[0], dtype=torch.float64, device=owner.device))
+    costs = torch.stack([torch.full_like(owned, float(node_macs_per_row)), owned * edge_macs_per_row], dim=1)
+    return (costs * weight_bits).clamp_min(EMPTY_ITEM_COST)
 
 
 def allocate_levels_traceable(scores: Tensor, costs: Tensor, options: tuple[int, ...], capacity: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """The auxiliary model of AMQ (DESIGN item 5): a small GNN that predicts log-sensitivities.
 
 It reads the main model's inputs (``x``, ``pos``, ``edge_index``, ``node_type``, optional ``batch``
-and ``cluster_index``) and predicts ``log s_i`` per node and, with a cluster head, per cluster. It is
+and ``cluster_index``) and predicts ``log s`` of the two items of every node (its own rows, the rows of
+the edges it owns: ``allocation.NODE_ITEMS``) and, with a cluster head, of every cluster. It is
 trained jointly with the quantized main model (DESIGN item 7) by :func:`regression_loss` against the
 detached sensitivities of the same backward pass; :func:`spearman` scores its ranking.
 """
@@ -17,12 +18,13 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
+from amq_export.amq.allocation import NODE_ITEMS
 from amq_export.data.mesh_data import NUM_NODE_TYPES, cluster_slots, clusters_of, num_clusters
 from amq_export.errors import AMQError
 
 
-def _head(hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+def _head(hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, outputs))
 
 
 class AuxLayer(MessagePassing):
@@ -57,7 +59,7 @@ class AuxiliaryGNN(nn.Module):
     """Predicts per-node (and per-cluster) log-sensitivities from the main model's inputs.
 
     Encoder ``SiLU(Linear([x, pos, one_hot(node_type)]))`` -> ``layers`` x :class:`AuxLayer` ->
-    node head (Linear, SiLU, Linear -> 1). With ``cluster_head``, node embeddings are mean-pooled
+    node head (Linear, SiLU, Linear -> one score per node item). With ``cluster_head``, node embeddings are mean-pooled
     per cluster of ``cluster_index`` and mapped by a second head to one score per cluster.
     ``pos`` is read as is (the meshes of this project live in the unit box).
     """
@@ -84,11 +86,11 @@ class AuxiliaryGNN(nn.Module):
         self.num_node_types = num_node_types
         self.encoder = nn.Linear(in_features + spatial_dim + num_node_types, hidden)
         self.layers = nn.ModuleList(AuxLayer(hidden, spatial_dim) for _ in range(layers))
-        self.node_head = _head(hidden)
-        self.cluster_head = _head(hidden) if cluster_head else None
+        self.node_head = _head(hidden, len(NODE_ITEMS))
+        self.cluster_head = _head(hidden, 1) if cluster_head else None
 
     def forward(self, data: Data) -> tuple[Tensor, Tensor | None]:
-        """Log-sensitivity scores: per node [N], and per cluster [C] (None without a cluster head or clusters)."""
+        """Log-sensitivity scores: per node item [N, 2], and per cluster [C] (None without a cluster head or clusters)."""
         batch = getattr(data, "batch", None)
         return self.forward_tensors(
             data.x, data.pos, data.edge_index, data.node_type if self.num_node_types else None,
@@ -118,7 +120,7 @@ class AuxiliaryGNN(nn.Module):
         for layer in self.layers:
             h = layer(h, d, edge_index, batch, num_graphs)
 
-        node_scores = self.node_head(h).squeeze(-1)
+        node_scores = self.node_head(h)
         if self.cluster_head is None or clusters is None:
             return node_scores, None
         slots, sizes = cluster_slots(clusters, n)
@@ -135,11 +137,11 @@ class AuxiliaryGNN(nn.Module):
         """MACs per node, edge, graph and cluster row: ``in x out`` summed over the Linears of each kind
         of row (the cluster head counts only when clusters are given)."""
         h, sd = self.config["hidden"], self.config["spatial_dim"]
-        head = h * h + h
+        head = h * h + h * len(NODE_ITEMS)
         per_layer_node = 2 * h * h + 2 * h * h  # target, source, update (2h -> h)
         node = self.encoder.in_features * h + len(self.layers) * per_layer_node + head
         return {"node": node, "edge": len(self.layers) * sd * h, "graph": len(self.layers) * h * h,
-                "cluster": head if self.cluster_head is not None else 0}
+                "cluster": h * h + h if self.cluster_head is not None else 0}
 
 
 def _num_graphs(batch: Tensor | None) -> int:

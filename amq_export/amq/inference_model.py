@@ -3,14 +3,15 @@
 ``AMQInferenceModel`` is what ``amq_export.export`` traces into ONNX (DESIGN item 8), and it runs in
 PyTorch as well. One forward:
 
-1. the auxiliary GNN scores every node, and every cluster of models with cluster-domain layers
-   (GraphViT) (mode ``aux``; ``uniform`` scores items by their cost);
+1. the auxiliary GNN scores the two items of every node (its rows, the rows of the edges it owns), and
+   every cluster of models with cluster-domain layers (GraphViT) (mode ``aux``; ``uniform`` scores
+   items by their cost);
 2. the allocation of DESIGN item 6 picks every item's bit option under the run-time ``budget`` (an
    input, so one artifact serves every budget), charging the auxiliary model's BOPs, as a literal
    one-sort greedy with no data-dependent shapes (``allocate_levels_traceable``);
 3. the mesh is permuted once so that nodes, then edges (and clusters) are sorted by bit-width
-   (edges take the bits of their target, source or the max, as in training; cluster members are
-   renumbered); every quantized Linear then sees contiguous row segments, one per bit-width, and
+   (edges take the edge-item bits of their target, source or the max, as in training; cluster members
+   are renumbered); every quantized Linear then sees contiguous row segments, one per bit-width, and
    runs as one integer GEMM (``BucketedIntLinear``);
 4. the prediction is permuted back.
 
@@ -69,8 +70,9 @@ def input_names(main: nn.Module) -> list[str]:
 
 class AMQInferenceModel(nn.Module):
     """``forward(x, pos, edge_index, [node_type], [variables], [clusters], budget)
-    -> (pred [N, out], node_bits [N], [cluster_bits [C]])`` (``cluster_bits`` for models with cluster-domain
-    layers: clusters are allocation items of their own, DESIGN item 4)."""
+    -> (pred [N, out], node_bits [N], edge_bits [E], [cluster_bits [C]])``: the bits of every node's and
+    edge's rows (``cluster_bits`` for models with cluster-domain layers: clusters are allocation items of
+    their own, DESIGN item 4)."""
 
     def __init__(self, qmodel: AMQModel, mode: str = "aux", sort_rows: bool = True) -> None:
         super().__init__()
@@ -89,7 +91,7 @@ class AMQInferenceModel(nn.Module):
         macs = qmodel._macs_per_row
         self.node_macs, self.edge_macs, self.cluster_macs = (float(macs[d]) for d in ("node", "edge", "cluster"))
         self.has_clusters = qmodel.has_cluster_items
-        self.output_names = ["pred", "node_bits", "cluster_bits"] if self.has_clusters else ["pred", "node_bits"]
+        self.output_names = ["pred", "node_bits", "edge_bits"] + (["cluster_bits"] if self.has_clusters else [])
         self.aux_macs = self.aux.macs_per_row() if self.aux is not None else None
         self.register_buffer("bit_options", torch.tensor(self.options, dtype=torch.int64))
         self.eval()
@@ -99,8 +101,10 @@ class AMQInferenceModel(nn.Module):
                 budget: Tensor | None = None) -> tuple[Tensor, ...]:
         n = x.shape[0]
         levels = self.allocate(x, pos, edge_index, node_type, clusters, budget)
-        node_levels, cluster_levels = levels[:n], levels[n:]  # clusters follow the nodes as items
+        # items: the two of every node (row-major [N, 2]: its rows, its edges' rows), then the clusters
+        node_levels, owner_levels, cluster_levels = levels[0:2 * n:2], levels[1:2 * n:2], levels[2 * n:]
         sorted_cluster_levels = cluster_levels
+        unsorted_edge_levels = edge_bits(owner_levels, edge_index, self.edge_rule)
         if self.sort_rows:
             perm = torch.sort(node_levels, stable=True).indices
             inverse = torch.zeros_like(perm).index_put((perm,), torch.arange(n, device=x.device))
@@ -116,38 +120,40 @@ class AMQInferenceModel(nn.Module):
                     clusters = clusters.index_select(0, cluster_order)
                     sorted_cluster_levels = cluster_levels.index_select(0, cluster_order)
             sorted_levels = node_levels.index_select(0, perm)
-            edge_levels = edge_bits(sorted_levels, edge_index, self.edge_rule)
-            edge_order = torch.sort(edge_levels, stable=True).indices
+            edge_order = torch.sort(unsorted_edge_levels, stable=True).indices
             edge_index = edge_index.index_select(1, edge_order)
-            edge_levels = edge_levels.index_select(0, edge_order)
+            edge_levels = unsorted_edge_levels.index_select(0, edge_order)
         else:
-            sorted_levels, edge_levels = node_levels, edge_bits(node_levels, edge_index, self.edge_rule)
+            sorted_levels, edge_levels = node_levels, unsorted_edge_levels
         self.buckets.update(node=sorted_levels, edge=edge_levels, cluster=sorted_cluster_levels)
         extra = {"clusters": clusters} if clusters is not None else {}
         pred = self.main.forward_tensors(x, pos, edge_index, None, variables, node_type, **extra)
         if self.sort_rows:
             pred = pred.index_select(0, inverse)
+        outputs = (pred, *(self.bit_options.index_select(0, levels) for levels in (node_levels, unsorted_edge_levels)))
         if self.has_clusters:
-            return pred, self.bit_options.index_select(0, node_levels), self.bit_options.index_select(0, cluster_levels)
-        return pred, self.bit_options.index_select(0, node_levels)
+            return (*outputs, self.bit_options.index_select(0, cluster_levels))
+        return outputs
 
     def allocate(self, x: Tensor, pos: Tensor, edge_index: Tensor, node_type: Tensor | None,
                  clusters: Tensor | None, budget: Tensor | None) -> Tensor:
-        """Option index (0..K-1) of every node, then of every cluster (models with cluster-domain layers),
-        under ``budget`` (DESIGN items 4-6)."""
+        """Option index (0..K-1) of the two items of every node (row-major [N, 2], flattened), then of every
+        cluster (models with cluster-domain layers), under ``budget`` (DESIGN items 4-6)."""
         n, e = x.shape[0], edge_index.shape[1]
         c = clusters.shape[0] if self.has_clusters else 0
         if len(self.options) == 1:
-            return torch.zeros(n + c, dtype=torch.int64, device=x.device)
+            return torch.zeros(2 * n + c, dtype=torch.int64, device=x.device)
         if budget is None:
             raise AMQError("the deployed model needs a budget input")
-        costs = node_item_costs(self.node_macs, self.edge_macs, edge_index, n, self.weight_bits)
+        costs = node_item_costs(self.node_macs, self.edge_macs, edge_index, n, self.weight_bits,
+                                self.edge_rule).reshape(-1)
         if self.has_clusters:
             costs = torch.cat([costs, costs.new_full((c,), self.cluster_macs * self.weight_bits)])
         capacity = budget.to(torch.float64).reshape(()) * costs.sum()
         if self.aux is not None:
             node_scores, cluster_scores = self.aux.forward_tensors(
                 x, pos, edge_index, node_type, clusters=clusters if self.has_clusters else None)
+            node_scores = node_scores.reshape(-1)
             scores = (torch.cat([node_scores, cluster_scores]) if self.has_clusters else node_scores).double().exp()
             capacity = capacity - aux_bops(macs_from_rows(self.aux_macs, nodes=n, edges=e, clusters=c))
         else:

@@ -1,7 +1,7 @@
 """``AMQModel``: a quantized main model, its auxiliary GNN and the allocator, as one module.
 
-``forward(data, budget, mode)`` scores the mesh, allocates bit-widths to its items (nodes, and
-clusters for GraphViT) under the budget, writes the per-row bits of every domain into the shared
+``forward(data, budget, mode)`` scores the mesh, allocates bit-widths to its items (two per node: its
+own rows and the rows of the edges it owns; and clusters for GraphViT) under the budget, writes the per-row bits of every domain into the shared
 ``BitState`` and runs the main model with fake quantization. It returns the prediction, the bits
 of every node / edge / cluster, and the cost of that run.
 """
@@ -26,7 +26,8 @@ MODES = ("aux", "uniform", "random", "oracle", "layerwise")
 
 @dataclass
 class AMQOutput:
-    """One AMQ forward pass: prediction [N, out], per-item bits, auxiliary log-scores and cost."""
+    """One AMQ forward pass: prediction [N, out], the bits of every node, edge and cluster row, the auxiliary
+    log-scores (node items [N, 2] in ``NODE_ITEMS`` order, cluster items [C]) and the cost."""
 
     pred: Tensor
     node_bits: Tensor
@@ -68,13 +69,15 @@ class AMQModel(nn.Module):
         return self._macs_per_row["cluster"] > 0
 
     def item_costs(self, data: Any) -> tuple[Tensor, Tensor | None]:
-        """Cost of one activation bit for each node item and each cluster item (MACs x weight bits)."""
+        """Cost of one activation bit (MACs x weight bits) of the node items [N, 2] (``node_item_costs``) and
+        of the cluster items [C]."""
         w = self.amq_config.weight_bits
         nodes = node_item_costs(self._macs_per_row["node"], self._macs_per_row["edge"], data.edge_index,
-                                data.num_nodes, w)
+                                data.num_nodes, w, self.amq_config.edge_rule)
         clusters = None
         if self.has_cluster_items:
-            clusters = torch.full((num_clusters(data),), float(self._macs_per_row["cluster"] * w), dtype=nodes.dtype)
+            clusters = torch.full((num_clusters(data),), float(self._macs_per_row["cluster"] * w),
+                                  dtype=nodes.dtype)
         return nodes, clusters
 
     def aux_macs(self, data: Any) -> int:
@@ -89,14 +92,15 @@ class AMQModel(nn.Module):
         scores: tuple[Tensor, Tensor | None] | None = None,
         aux_scores: tuple[Tensor, Tensor | None] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Bits of every node item and cluster item under ``budget`` for allocation ``mode``."""
+        """Bits of the node items [N, 2] and the cluster items [C] under ``budget`` for allocation ``mode``;
+        ``scores`` / ``aux_scores``: sensitivities / log-scores in the same shapes."""
         if mode not in MODES:
             raise AMQError(f"unknown allocation mode {mode!r}; choose one of {MODES}")
         bits = self.amq_config.bits
         if not bits[0] <= budget <= bits[-1]:
             raise AMQError(f"budget {budget:g} lies outside the bit options {list(bits)}; choose one in range")
         node_cost, cluster_cost = self.item_costs(data)
-        costs = node_cost if cluster_cost is None else torch.cat([node_cost, cluster_cost])
+        costs = _cat(node_cost, cluster_cost)
         fixed = 0.0
         if mode == "aux":
             if aux_scores is None:
@@ -113,7 +117,7 @@ class AMQModel(nn.Module):
             item_scores = costs
         item_bits = allocate_budget(item_scores, costs, bits, budget, fixed_cost=fixed)
         n = node_cost.numel()
-        return item_bits[:n], (item_bits[n:] if cluster_cost is not None else None)
+        return item_bits[:n].view(node_cost.shape), (item_bits[n:] if cluster_cost is not None else None)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -127,8 +131,9 @@ class AMQModel(nn.Module):
         aux_node = aux_cluster = None
         if mode == "aux":
             aux_node, aux_cluster = self.aux(data)
-        node_bits, cluster_bits = self.allocate(data, budget, mode, scores, (aux_node, aux_cluster))
-        e_bits = edge_bits(node_bits, data.edge_index, self.amq_config.edge_rule)
+        item_bits, cluster_bits = self.allocate(data, budget, mode, scores, (aux_node, aux_cluster))
+        node_bits = item_bits[:, 0].contiguous()
+        e_bits = edge_bits(item_bits[:, 1], data.edge_index, self.amq_config.edge_rule)
         self.state.bits = {"node": node_bits, "edge": e_bits}
         if cluster_bits is not None:
             self.state.bits["cluster"] = cluster_bits
@@ -136,6 +141,13 @@ class AMQModel(nn.Module):
         pred = self.main(data)
         cost = self.cost(data, node_bits, e_bits, cluster_bits, with_aux=mode == "aux")
         return AMQOutput(pred, node_bits, e_bits, cluster_bits, cost, aux_node, aux_cluster)
+
+    def allocation_cost(self, data: Any, budget: float, mode: str) -> dict[str, float]:
+        """The cost of a run under ``mode``'s allocation (``aux``, ``uniform`` or ``random``) at ``budget``,
+        without running the main model."""
+        item_bits, cluster_bits = self.allocate(data, budget, mode, aux_scores=self.aux(data) if mode == "aux" else None)
+        e_bits = edge_bits(item_bits[:, 1], data.edge_index, self.amq_config.edge_rule)
+        return self.cost(data, item_bits[:, 0], e_bits, cluster_bits, with_aux=mode == "aux")
 
     def cost(self, data: Any, node_bits: Tensor, e_bits: Tensor, cluster_bits: Tensor | None,
              with_aux: bool) -> dict[str, float]:
@@ -161,5 +173,7 @@ class AMQModel(nn.Module):
 
 
 def _cat(nodes: Tensor, clusters: Tensor | None) -> Tensor:
+    """Node items [N, 2] (row-major) then cluster items [C], as one vector of items."""
+    nodes = nodes.reshape(-1)
     return nodes if clusters is None else torch.cat([nodes, clusters])
 

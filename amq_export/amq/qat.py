@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from amq_export.amq.allocation import edge_owner
 from amq_export.amq.auxiliary import regression_loss, spearman
 from amq_export.amq.model import AMQModel
 from amq_export.data.mesh_data import num_clusters
@@ -26,32 +27,39 @@ from amq_export.training import cosine_schedule, mesh_loader
 
 
 def item_sensitivities(qmodel: AMQModel, data: Any) -> tuple[Tensor, Tensor | None]:
-    """Sensitivity of every node item (its rows + the rows of the edges it owns) and cluster item.
+    """Sensitivity of the two items of every node [N, 2] (its rows; the rows of the edges it owns) and of
+    every cluster item [C].
 
     Reads what the quantized layers accumulated in ``qmodel.state`` during the last backward.
     """
     sens = qmodel.state.sensitivity
     n = data.num_nodes
-    nodes = sens.get("node", torch.zeros(n)).double().clone()
+    nodes = torch.zeros(n, 2, dtype=torch.float64)
+    if "node" in sens:
+        nodes[:, 0] = sens["node"].double()
     if "edge" in sens:
-        owner = {"target": 1, "source": 0, "max": 1}[qmodel.amq_config.edge_rule]
-        nodes.index_add_(0, data.edge_index[owner], sens["edge"].double())
+        nodes[:, 1].index_add_(0, edge_owner(data.edge_index, qmodel.amq_config.edge_rule), sens["edge"].double())
     clusters = sens["cluster"].double() if qmodel.has_cluster_items and "cluster" in sens else None
     return nodes, clusters
 
 
 def _aux_targets(qmodel: AMQModel, data: Any, out: Any, float_pred: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """What the auxiliary model learns to predict: sensitivity (default) or an error-based ablation."""
+    """What the auxiliary model learns to predict: sensitivity (default) or an error-based ablation.
+
+    A per-node error says nothing about which of the node's rows matter, so the ablations share it between
+    the node's two items in proportion to their costs (the allocation then treats them alike).
+    """
     target = qmodel.amq_config.aux_target
     if target in ("sensitivity", "gauss-newton"):  # collected in this step's backward passes
         return item_sensitivities(qmodel, data)
     reference = data.y if target == "error" else float_pred
     per_node = (out.pred.detach() - reference).pow(2).sum(-1).double()
+    costs = qmodel.item_costs(data)[0]
     clusters = None
     if qmodel.has_cluster_items:
         member, cid = data.cluster_index
         clusters = torch.zeros(num_clusters(data), dtype=per_node.dtype).index_add_(0, cid, per_node[member])
-    return per_node, clusters
+    return per_node.unsqueeze(1) * costs / costs.sum(1, keepdim=True), clusters
 
 
 def calibrate(qmodel: AMQModel, meshes: Sequence[Any], batches: int = 4, batch_size: int = 8) -> None:
@@ -228,7 +236,8 @@ def evaluate(
 
     ``oracle`` uses each mesh's own sensitivities (it needs targets; ``sensitivity``: which, see
     ``_true_scores``); ``with_spearman`` also reports the rank correlation of the auxiliary scores with
-    those true sensitivities.
+    those true sensitivities over all node items of each mesh (``aux_spearman``), and within each of
+    the two kinds of node item (``aux_spearman_node_rows``, ``aux_spearman_edge_rows``).
     """
     if not meshes:
         raise AMQError("no meshes to evaluate on")
@@ -243,17 +252,20 @@ def evaluate(
         with torch.no_grad():
             out = qmodel(batch, budget=budget, mode=mode, scores=scores)
             errors.append(batch_relative_l2(out.pred, batch, normalizer))
-            if with_spearman:  # per mesh: rank agreement of aux scores and true node sensitivities
+            if with_spearman:  # per mesh: rank agreement of aux scores and true node-item sensitivities
                 aux_node = out.aux_node if out.aux_node is not None else qmodel.aux(batch)[0]
-                graph = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(aux_node)
-                rhos += [spearman(aux_node[graph == g], scores[0][graph == g]) for g in range(batch.num_graphs)]
+                graph = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros(batch.num_nodes)
+                for g in range(batch.num_graphs):
+                    pred, true = aux_node[graph == g], scores[0][graph == g]
+                    rhos.append([spearman(pred, true)] + [spearman(pred[:, j], true[:, j]) for j in range(2)])
         b_effs.append(out.cost["b_eff"])
         total_bops += out.cost["bops"]
     qmodel.train(was_training)
     result = {"rel_l2": torch.cat(errors).mean().item(), "b_eff": sum(b_effs) / len(b_effs),
               "b_eff_max": max(b_effs), "bops_per_mesh": total_bops / len(meshes), "budget": budget, "mode": mode}
-    if with_spearman:
-        result["aux_spearman"] = sum(rhos) / len(rhos)
+    if with_spearman:  # all node items of a mesh, and within each kind of item (its rows; its edges' rows)
+        for key, values in zip(("aux_spearman", "aux_spearman_node_rows", "aux_spearman_edge_rows"), zip(*rhos)):
+            result[key] = sum(values) / len(values)
     return result
 
 

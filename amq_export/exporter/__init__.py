@@ -124,23 +124,22 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
     return atomic_write(path, lambda fh: fh.write(data))
 
 
-def artifact_cost(meta: dict[str, Any], node_bits: Any, edge_index: Any, cluster_bits: Any = None,
+def artifact_cost(meta: dict[str, Any], node_bits: Any, edge_bits: Any, cluster_bits: Any = None,
                   num_clusters: int = 0) -> dict[str, float]:
-    """The cost (DESIGN item 3) of one run of an exported model, from its metadata and its ``node_bits``
-    (and ``cluster_bits``) outputs: ``b_eff`` charges the auxiliary model's BOPs as in training."""
+    """The cost (DESIGN item 3) of one run of an exported model, from its metadata and its ``node_bits``,
+    ``edge_bits`` (and ``cluster_bits``) outputs: ``b_eff`` charges the auxiliary model's BOPs as in training."""
     import torch
 
-    from amq_export.amq.allocation import edge_bits
     from amq_export.amq.auxiliary import macs_from_rows
     from amq_export.amq.cost import LayerCost, bops
 
     node_bits = torch.as_tensor(node_bits, dtype=torch.int64)
-    edge_index = torch.as_tensor(edge_index, dtype=torch.int64)
+    edge_bits = torch.as_tensor(edge_bits, dtype=torch.int64)
     layers = [LayerCost(*layer) for layer in meta["layers"]]
-    rows_bits = {"node": node_bits, "edge": edge_bits(node_bits, edge_index, meta["edge_rule"])}
+    rows_bits = {"node": node_bits, "edge": edge_bits}
     if cluster_bits is not None:
         rows_bits["cluster"] = torch.as_tensor(cluster_bits, dtype=torch.int64)
-    aux_macs = (macs_from_rows(meta["aux_macs_per_row"], nodes=node_bits.numel(), edges=edge_index.shape[1],
+    aux_macs = (macs_from_rows(meta["aux_macs_per_row"], nodes=node_bits.numel(), edges=edge_bits.numel(),
                                clusters=num_clusters) if meta.get("mode") == "aux" else 0)
     result = bops(layers, rows_bits, [tuple(layer) for layer in meta["float_layers"]],
                   rows={"cluster": num_clusters}, aux_macs=aux_macs)
@@ -179,7 +178,7 @@ def run_artifact(runner: Any, meshes: list[Any], normalizer: Any, budget: float 
             run.outputs.append(out)
             run.rel_l2.append(mesh_relative_l2(torch.from_numpy(out["pred"]), mesh, normalizer))
             if "node_bits" in out:
-                run.b_eff.append(artifact_cost(runner.meta, out["node_bits"], mesh.edge_index, out.get("cluster_bits"),
+                run.b_eff.append(artifact_cost(runner.meta, out["node_bits"], out["edge_bits"], out.get("cluster_bits"),
                                                mesh.num_clusters)["b_eff"])
             bar.update(task, advance=1)
     return run

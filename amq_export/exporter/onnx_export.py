@@ -33,7 +33,8 @@ INPUT_DOCS = {
 }
 OUTPUT_DOCS = {
     "pred": "float32 [num_nodes, out_features]: prediction, normalised as the training targets",
-    "node_bits": "int64 [num_nodes]: activation bit-width allocated to each node",
+    "node_bits": "int64 [num_nodes]: activation bit-width allocated to each node's rows",
+    "edge_bits": "int64 [num_edges]: activation bit-width of each edge's rows (its owner node's edge item)",
     "cluster_bits": "int64 [num_clusters]: activation bit-width allocated to each cluster",
 }
 # Which axis of which input is which dynamic dimension.
