@@ -44,6 +44,25 @@ def test_uniform_gives_uniform_bits(tiny, shared):
     assert out.cost["b_eff"] == 5.0
 
 
+def test_node_rows_and_edge_rows_are_separate_items(tiny, shared):
+    """Every node's own rows and the rows of the edges it receives get their own bits: scores that favour
+    the edge items give edges more bits than nodes, and edges follow their target's edge item."""
+    q, mesh = shared, tiny.test[0]
+    costs, _ = q.item_costs(mesh)
+    assert costs.shape == (mesh.num_nodes, 2)
+    for favoured in (0, 1):
+        scores = costs.clone()
+        scores[:, favoured] *= 1e3  # sensitivity per cost 1000x higher on one kind of item
+        items, _ = q.allocate(mesh, 4.0, "oracle", scores=(scores, None))
+        assert items.shape == (mesh.num_nodes, 2)
+        assert bool((items[:, favoured] >= items[:, 1 - favoured]).all())
+        assert items[:, favoured].float().mean() > items[:, 1 - favoured].float().mean()
+        out = q(mesh, budget=4.0, mode="oracle", scores=(scores, None))
+        assert torch.equal(out.node_bits, items[:, 0])
+        assert torch.equal(out.edge_bits, items[mesh.edge_index[1], 1])
+        assert 4.0 - 0.02 <= out.cost["b_eff"] <= 4.0
+
+
 def test_forward_reports_bits_of_every_domain(tiny, qmodel_factory):
     q = qmodel_factory(tiny, arch="graphvit")
     mesh = tiny.test[0]
