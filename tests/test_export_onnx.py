@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amq_export.amq.inference_model import AMQInferenceModel
+from amq_export.amq.quant_linear import input_ulp_noise
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.mesh_data import MeshData
 from amq_export.errors import AMQError
@@ -119,8 +120,8 @@ def meshes(draw):
 # Derandomized: a quantized graph is not bit-exact across runtimes. A float difference of one ulp
 # (summation order, ONNX Runtime's sigmoid) occasionally moves a value across a rounding boundary,
 # and one such flip in a 3-bit row moves a small mesh's prediction by up to ~1e-2: measured on 400
-# random meshes of up to 300 nodes, 3 exceeded 1e-3 (median 9e-8). A fixed set of examples keeps
-# the test a check of the export, not of that rate.
+# random meshes of up to 300 nodes, 3 exceeded 1e-3 (median 9e-8). So the bound is 1e-3 or twice the
+# mesh's own one-ulp floor, whichever is larger; a fixed set of examples keeps the test reproducible.
 @settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=meshes())
@@ -136,7 +137,12 @@ def test_parity_on_random_meshes(exported, case):
         return
     out = runner.run(mesh, budget)
     result = parity([(pred, out["pred"], bits, _bits(out))])
-    assert result["bits_agreement"] >= 0.999 and result["rel_l2"] <= 1e-3, result
+    # 1e-3, or what one-ulp input noise does to PyTorch itself on this mesh (the most of three draws)
+    floor = 0.0
+    for seed in range(3):
+        with torch.no_grad(), input_ulp_noise(qmodel, seed=seed):
+            floor = max(floor, parity([(pred, qmodel(mesh, budget=budget, mode="aux").pred.numpy(), None, None)])["rel_l2"])
+    assert result["bits_agreement"] >= 0.999 and result["rel_l2"] <= max(1e-3, 2 * floor), (result, floor)
 
 
 def test_inference_model_matches_amq_model_in_torch(tiny, qmodel_factory):
