@@ -140,7 +140,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     results_console.print(table)
     verdict = "[green]PASS[/]" if parity["pass"] else "[red]FAIL[/]"
     results_console.print(
-        f"parity with PyTorch: {verdict}, same bits on {100 * parity['bits_agreement']:.3f}% of nodes, "
+        f"parity with PyTorch: {verdict}, same bits on {100 * parity['bits_agreement']:.3f}% of node and edge rows, "
         f"prediction rel-L2 diff {parity['rel_l2']:.2e} (bound 1e-3; one-ulp floor {parity['ulp_floor_rel_l2']:.2e}: "
         f"PyTorch against itself with every quantized input one ulp off); AMQ / uniform error "
         f"{report['amq_vs_uniform']:.3f}x; "
