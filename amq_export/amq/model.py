@@ -132,8 +132,7 @@ class AMQModel(nn.Module):
         if mode == "aux":
             aux_node, aux_cluster = self.aux(data)
         item_bits, cluster_bits = self.allocate(data, budget, mode, scores, (aux_node, aux_cluster))
-        node_bits = item_bits[:, 0].contiguous()
-        e_bits = edge_bits(item_bits[:, 1], data.edge_index, self.amq_config.edge_rule)
+        node_bits, e_bits = self.row_bits(data, item_bits)
         self.state.bits = {"node": node_bits, "edge": e_bits}
         if cluster_bits is not None:
             self.state.bits["cluster"] = cluster_bits
@@ -146,8 +145,12 @@ class AMQModel(nn.Module):
         """The cost of a run under ``mode``'s allocation (``aux``, ``uniform`` or ``random``) at ``budget``,
         without running the main model."""
         item_bits, cluster_bits = self.allocate(data, budget, mode, aux_scores=self.aux(data) if mode == "aux" else None)
-        e_bits = edge_bits(item_bits[:, 1], data.edge_index, self.amq_config.edge_rule)
-        return self.cost(data, item_bits[:, 0], e_bits, cluster_bits, with_aux=mode == "aux")
+        return self.cost(data, *self.row_bits(data, item_bits), cluster_bits, with_aux=mode == "aux")
+
+    def row_bits(self, data: Any, item_bits: Tensor) -> tuple[Tensor, Tensor]:
+        """The bits of every node row and every edge row from the node items' bits [N, 2] (edges take their
+        owner's edge item by the edge rule)."""
+        return item_bits[:, 0].contiguous(), edge_bits(item_bits[:, 1], data.edge_index, self.amq_config.edge_rule)
 
     def cost(self, data: Any, node_bits: Tensor, e_bits: Tensor, cluster_bits: Tensor | None,
              with_aux: bool) -> dict[str, float]:
