@@ -28,6 +28,7 @@ from _common import RESULTS, commit, float_checkpoint, print_table, write_json
 
 from amq_export import load_checkpoint, save_checkpoint
 from amq_export.amq.config import AMQConfig
+from amq_export.amq.qat import AUX_PREFIT_STEPS
 from amq_export.api import assign_layerwise_bits, evaluate, finetune, quantize
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.normalizer import Normalizer
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--qat-samples", type=int, default=None,
                         help="fine-tune on the first N training meshes only (the test split is unchanged)")
-    parser.add_argument("--aux-warmup", type=int, default=10, help="uniform-allocation steps while the aux model warms up")
+    parser.add_argument("--aux-prefit", type=int, default=AUX_PREFIT_STEPS,
+                        help="steps fitting the auxiliary model alone before joint QAT (0: none)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--float-checkpoint", default=None)
     parser.add_argument("--float-time-budget", type=float, default=540.0)
@@ -113,7 +115,7 @@ def main() -> None:
                     assign_layerwise_bits(qmodel, dataset.train, normalizer=normalizer)
                 history = finetune(qmodel, dataset.train[: args.qat_samples], dataset.val, normalizer=normalizer, epochs=args.epochs,
                                    batch_size=args.batch_size, mode=mode, float_model=base, seed=seed,
-                                   aux_warmup_steps=args.aux_warmup, progress=False)
+                                   aux_prefit_steps=args.aux_prefit, progress=False)
                 qat_epoch_s += [h["seconds"] for h in history]
                 metrics = evaluate(qmodel, dataset.test, normalizer=normalizer, mode=mode, with_spearman=mode == "aux")
                 runs.append(metrics)

@@ -171,13 +171,34 @@ def regression_loss(pred_log: Tensor, target_sens: Tensor, eps: float = 1e-3) ->
     if pred_log.shape != target_sens.shape:
         raise AMQError(f"regression_loss: predictions {tuple(pred_log.shape)} and targets "
                        f"{tuple(target_sens.shape)} differ in shape")
-    target = target_sens.detach().to(pred_log.dtype)
-    if target.numel() and bool(target.min() < 0):
-        raise AMQError("regression_loss: sensitivities must be >= 0")
-    scale = target.mean() if target.numel() else target.new_zeros(())
-    if not bool(scale > 0):
+    target = log_relative(target_sens.detach().to(pred_log.dtype), eps)
+    if target is None:
         return pred_log.sum() * 0.0
-    return F.mse_loss(pred_log, torch.log(target / scale + eps))
+    return F.mse_loss(pred_log, target)
+
+
+def log_relative(sens: Tensor, eps: float = 1e-3) -> Tensor | None:
+    """``log(s / mean(s) + eps)``: what :func:`regression_loss` fits; None when every ``s`` is 0 (no ranking)."""
+    if sens.numel() and bool(sens.min() < 0):
+        raise AMQError("regression_loss: sensitivities must be >= 0")
+    scale = sens.mean() if sens.numel() else sens.new_zeros(())
+    if not bool(scale > 0):
+        return None
+    return torch.log(sens / scale + eps)
+
+
+def start_at_mean(aux: AuxiliaryGNN, node_targets: list[Tensor], cluster_targets: list[Tensor]) -> None:
+    """Set the output biases of the heads to the mean fitted target of each kind of item (the columns of the
+    node scores; the clusters), so that fitting starts from the right level instead of spending its first
+    steps getting there."""
+    heads = [(aux.node_head, node_targets)]
+    if aux.cluster_head is not None:
+        heads.append((aux.cluster_head, [t.unsqueeze(-1) for t in cluster_targets]))
+    with torch.no_grad():
+        for head, targets in heads:
+            logs = [t for t in (log_relative(t.double()) for t in targets) if t is not None]
+            if logs:
+                head[-1].bias.copy_(torch.cat(logs).mean(0).to(head[-1].bias.dtype))
 
 
 def _average_ranks(v: Tensor) -> Tensor:
