@@ -18,7 +18,7 @@ from amq_export.errors import AMQError
 __version__ = "0.1.0"
 
 _LAZY = {"AMQConfig", "AMQModel", "quantize", "finetune", "evaluate", "export", "save_quantized", "load_quantized",
-         "assign_layerwise_bits", "calibrate"}
+         "assign_layerwise_bits", "calibrate", "choose_layer_offsets", "fit_auxiliary"}
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +31,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [  # noqa: RUF022 (eager names, then the lazy API)
     "AMQError", "Checkpoint", "load_checkpoint", "load_model", "save_checkpoint", "__version__",
-    "AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "evaluate", "export", "finetune", "load_quantized",
-    "quantize", "save_quantized",
+    "AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "choose_layer_offsets", "evaluate", "export",
+    "finetune", "fit_auxiliary", "load_quantized", "quantize", "save_quantized",
 ]

@@ -18,7 +18,14 @@ from torch import nn
 
 from amq_export.amq.config import AMQConfig
 from amq_export.amq.model import AMQModel
-from amq_export.amq.qat import assign_layerwise_bits, calibrate, evaluate, finetune
+from amq_export.amq.qat import (
+    assign_layerwise_bits,
+    calibrate,
+    choose_layer_offsets,
+    evaluate,
+    finetune,
+    fit_auxiliary,
+)
 from amq_export.checkpoint import load_state_dict_checked
 from amq_export.errors import AMQError
 from amq_export.safe_io import atomic_write, read_weights_only
@@ -27,8 +34,8 @@ QUANTIZED_FORMAT = "amq-export/quantized"
 QUANTIZED_VERSION = 1
 logger = logging.getLogger("amq_export")
 
-__all__ = ["AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "evaluate", "export", "finetune",
-           "load_quantized", "quantize", "save_quantized"]
+__all__ = ["AMQConfig", "AMQModel", "assign_layerwise_bits", "calibrate", "choose_layer_offsets", "evaluate",
+           "export", "finetune", "fit_auxiliary", "load_quantized", "quantize", "save_quantized"]
 
 
 def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, target: str = "onnx", **options: Any):

@@ -6,7 +6,8 @@ default window of options around the budget and with all of 2..8 (`-all`), `laye
 the default window. At budget 4 the ablations run too: the auxiliary target (`aux-gntarget`: Gauss-Newton
 sensitivities from one Hutchinson probe per step, `aux-errtarget`: per-node error against ground truth,
 `aux-devtarget`: deviation from the float model) and
-per-bucket weight bit-widths (`aux-pbw`). Prints a table and writes
+per-bucket weight bit-widths (`aux-pbw`). `aux-offsets` adds per-layer offsets (`choose_layer_offsets`) under the
+per-node allocation. Prints a table and writes
 benchmarks/results/pareto_darcy_<arch>.json: {"rows": [...], "aux_spearman": ..., ...}; rows of auxiliary
 methods also hold their Spearman over all node items of a mesh and within each kind of item.
 
@@ -29,7 +30,7 @@ from _common import RESULTS, commit, float_checkpoint, print_table, write_json
 from amq_export import load_checkpoint, save_checkpoint
 from amq_export.amq.config import AMQConfig
 from amq_export.amq.qat import AUX_PREFIT_STEPS
-from amq_export.api import assign_layerwise_bits, evaluate, finetune, quantize
+from amq_export.api import assign_layerwise_bits, choose_layer_offsets, evaluate, finetune, quantize
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.normalizer import Normalizer
 from amq_export.models import build_model
@@ -46,7 +47,8 @@ def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
     """(method name, allocation mode, AMQConfig overrides); the ablations run at budget 4 only."""
     rows = [("uniform", "uniform", {}), ("aux", "aux", {}), ("random", "random", {}), ("oracle", "oracle", {}),
             ("layerwise", "layerwise", {}), ("aux-all", "aux", {"bits": ALL_BITS}),
-            ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS})]
+            ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS}),
+            ("aux-offsets", "aux", {"layer_offsets": "choose"})]
     if ablations:
         rows += [("aux-gntarget", "aux", {"aux_target": "gauss-newton"}),
                  ("aux-errtarget", "aux", {"aux_target": "error"}),
@@ -107,6 +109,12 @@ def main() -> None:
             if wanted and name not in wanted:
                 continue
             runs = []
+            if overrides.get("layer_offsets") == "choose":  # from the layers' sensitivities, once per budget
+                probe = quantize(copy.deepcopy(base), AMQConfig(budget=budget, aux_hidden=16),
+                                 calibration=dataset.train[:32])
+                overrides = {**overrides, "layer_offsets": choose_layer_offsets(probe, dataset.train,
+                                                                                normalizer=normalizer)}
+                print(f"{name}: offsets {sorted(overrides['layer_offsets'].items())}", flush=True)
             config = AMQConfig(budget=budget, **{"aux_hidden": 16, **overrides})
             for seed in range(args.seeds):
                 torch.manual_seed(seed)

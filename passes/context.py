@@ -7,7 +7,7 @@ from typing import Any
 
 from amq_export.amq.allocation import validate_bits
 from amq_export.amq.bit_state import DOMAINS, BitState
-from amq_export.amq.config import OTHER, AMQConfig, check_domain_overrides, check_weight_bits  # noqa: F401 (OTHER re-exported)
+from amq_export.amq.config import OTHER, AMQConfig, check_domain_overrides, check_layer_offsets, check_weight_bits  # noqa: F401 (OTHER re-exported)
 from amq_export.amq.cost import FloatLayer, LayerCost
 from amq_export.amq.quant_linear import DEFAULT_ACT_QUANT
 
@@ -51,6 +51,7 @@ class PassContext:
     weight_bits: int = 8
     per_bucket_weight_bits: bool = False
     domain_overrides: dict[str, str] = field(default_factory=dict)
+    layer_offsets: dict[str, int] = field(default_factory=dict)
     act_quant: type = DEFAULT_ACT_QUANT
     state: BitState = field(default_factory=BitState)
     layers: list[LayerInfo] = field(default_factory=list)
@@ -62,17 +63,20 @@ class PassContext:
         self.bits = validate_bits(self.bits)
         check_weight_bits(self.weight_bits)
         check_domain_overrides(self.domain_overrides)
+        check_layer_offsets(self.layer_offsets, self.bits)
 
     @classmethod
     def from_config(cls, config: AMQConfig) -> PassContext:
         return cls(bits=config.bits, weight_bits=config.weight_bits,
                    per_bucket_weight_bits=config.per_bucket_weight_bits,
-                   domain_overrides=dict(config.domain_overrides), amq_config=config)
+                   domain_overrides=dict(config.domain_overrides), layer_offsets=dict(config.layer_offsets),
+                   amq_config=config)
 
     @property
     def layer_costs(self) -> list[LayerCost]:
         """The cost-model view of the quantized layers (what ``InsertQuantizers`` swaps in)."""
-        return [LayerCost(layer.name, layer.domain, layer.in_features, layer.out_features, self.weight_bits)
+        return [LayerCost(layer.name, layer.domain, layer.in_features, layer.out_features, self.weight_bits,
+                          self.layer_offsets.get(layer.name, 0))
                 for layer in self.layers if layer.quantized]
 
     @property

@@ -33,11 +33,11 @@ class InsertQuantizers:
             layer = AdaptiveQuantLinear(
                 linear, name=info.name, domain=info.domain, bits=ctx.bits, state=ctx.state,
                 weight_bits=ctx.weight_bits, per_bucket_weight_bits=ctx.per_bucket_weight_bits,
-                act_quant=ctx.act_quant,
+                act_quant=ctx.act_quant, offset=ctx.layer_offsets.get(info.name, 0),
             )
             setattr(parent, attr, layer)
             changes.append(f"{info.name}: {type(linear).__name__}({info.in_features}, {info.out_features}) -> "
-                           f"AdaptiveQuantLinear({info.domain}, bits={ctx.bits}, {self._weights(ctx)})")
+                           f"AdaptiveQuantLinear({info.domain}, bits={layer.bank_bits}, {self._weights(ctx)})")
         return changes
 
     @staticmethod

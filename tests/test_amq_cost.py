@@ -29,6 +29,15 @@ def test_hand_computed_example():
     assert cost["b_charged"] == pytest.approx((2944 + 640) / (8 * 76))
 
 
+def test_layer_offsets_add_bits_to_every_row_of_their_layer():
+    rows_bits = {"node": torch.tensor([2, 4, 8]), "edge": torch.tensor([4, 4, 6, 6])}
+    shifted = [LayerCost("node_mlp", "node", 3, 4, 8, offset=2), LayerCost("edge_mlp", "edge", 5, 2, 8, offset=-1)]
+    cost = bops(shifted, rows_bits)
+    # node layer: 12 * 8 * (4 + 6 + 10) = 1920; edge layer: 10 * 8 * (3 + 3 + 5 + 5) = 1280
+    assert cost["quantized_bops"] == 1920 + 1280
+    assert cost["b_eff"] == pytest.approx((36 * 20 / 3 + 40 * 4) / 76)
+
+
 def test_uniform_model_has_exact_b_eff():
     layers = [*LAYERS, LayerCost("cluster_attn", "cluster", 7, 9, 4)]
     for b in range(2, 9):

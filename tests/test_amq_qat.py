@@ -180,3 +180,26 @@ def test_fit_auxiliary_learns_the_sensitivity_ranking_and_leaves_the_main_model_
     assert all(torch.equal(v, q.main.state_dict()[k]) for k, v in main_before.items())
     with pytest.raises(AMQError, match="steps >= 1"):
         fit_auxiliary(q, tiny.train, steps=0)
+
+
+def test_layer_offsets_shift_each_layers_buckets_and_the_budget_still_holds(tiny, qmodel_factory):
+    """Offsets from the layers' sensitivities: each layer's bank runs at the options plus its offset, the
+    offsets' BOPs come off the budget first, and every mode still spends the budget to within one step."""
+    from amq_export.api import choose_layer_offsets
+
+    offsets = choose_layer_offsets(qmodel_factory(tiny), tiny.train, normalizer=tiny.normalizer)
+    assert set(offsets) == {layer.name for layer in qmodel_factory(tiny).layers}
+    assert len(set(offsets.values())) > 1 and all(-2 <= o <= 2 for o in offsets.values())
+    q = qmodel_factory(tiny, layer_offsets=offsets)
+    for module in q.main.modules():
+        if hasattr(module, "bank_bits"):
+            assert module.bank_bits == tuple(b + offsets[module.name] for b in q.amq_config.bits)
+            assert [int(p.bit_width) for p in module.act_quant_params()] == list(module.bank_bits)
+    for mode in ("aux", "uniform", "oracle"):
+        for budget in (4.0, 5.0):
+            metrics = evaluate(q, tiny.test, normalizer=tiny.normalizer, budget=budget, mode=mode)
+            assert budget - 0.02 <= metrics["b_eff"] and metrics["b_eff_max"] <= budget + 1e-9, (mode, budget)
+    with pytest.raises(AMQError, match="layer offsets"):
+        AMQConfig(budget=4.0, layer_offsets={"encoder.0": 3})  # options 3..6 shifted to 6..9
+    with pytest.raises(AMQError, match="without layer_offsets"):
+        choose_layer_offsets(q, tiny.train, normalizer=tiny.normalizer)

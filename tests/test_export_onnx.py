@@ -146,7 +146,9 @@ def test_parity_on_random_meshes(exported, case):
 
 
 def test_inference_model_matches_amq_model_in_torch(tiny, qmodel_factory):
-    for overrides in ({}, {"edge_rule": "max"}, {"edge_rule": "source", "bits": (3, 5, 8)}):
+    offsets = {"encoder.0": 2, "layers.0.message_mlp.0": -1, "decoder.0": 1}
+    for overrides in ({}, {"edge_rule": "max"}, {"edge_rule": "source", "bits": (3, 5, 8)},
+                      {"layer_offsets": offsets}):
         qmodel = qmodel_factory(tiny, **overrides).eval()
         for mode in ("aux", "uniform"):
             for sort_rows in (True, False):
@@ -158,6 +160,28 @@ def test_inference_model_matches_amq_model_in_torch(tiny, qmodel_factory):
                     assert torch.equal(node_bits, ref.node_bits), (overrides, mode)
                     assert torch.equal(edge_bits, ref.edge_bits), (overrides, mode)
                     torch.testing.assert_close(pred, ref.pred, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_offsets_export_and_run_in_onnx_runtime(tiny, qmodel_factory, tmp_path):
+    """A model with per-layer offsets: the graph pays for them before allocating, and each layer's buckets
+    quantize at its shifted bits; the artifact's cost from its metadata counts them too."""
+    from amq_export.exporter import artifact_cost
+
+    offsets = {"encoder.0": 2, "layers.0.message_mlp.0": -1, "decoder.0": 1}
+    qmodel = qmodel_factory(tiny, layer_offsets=offsets).eval()
+    result = export(qmodel, tmp_path / "offsets.onnx", example=tiny.test[0])
+    runner, meta = OrtModel(result.path), read_meta(onnx.load(str(result.path)))
+    results = []
+    for mesh in tiny.test:
+        pred, bits = _torch_run(qmodel, mesh, 4.5)
+        out = runner.run(mesh, 4.5)
+        results.append(parity([(pred, out["pred"], bits, _bits(out))]))
+        with torch.no_grad():
+            ref = qmodel(mesh, budget=4.5, mode="aux").cost
+        cost = artifact_cost(meta, out["node_bits"], out["edge_bits"])
+        assert cost["b_eff"] == pytest.approx(ref["b_eff"]) and cost["b_eff"] <= 4.5 + 1e-9
+    assert all(r["bits_agreement"] == 1.0 for r in results)
+    assert np.mean([r["rel_l2"] <= 1e-5 for r in results]) >= 0.8, [r["rel_l2"] for r in results]
 
 
 def test_single_option_exports_uniform_without_allocation(tiny, qmodel_factory, tmp_path):

@@ -22,6 +22,16 @@ def check_weight_bits(weight_bits: object) -> int:
     return weight_bits
 
 
+def check_layer_offsets(offsets: dict[str, int], bits: tuple[int, ...]) -> dict[str, int]:
+    """Layer name -> integer offset such that every shifted bit option stays in 2..8."""
+    bad = {name: o for name, o in offsets.items()
+           if isinstance(o, bool) or not isinstance(o, int) or not (2 <= bits[0] + o and bits[-1] + o <= 8)}
+    if bad:
+        raise AMQError(f"layer offsets {bad} are not integers keeping the bit options {list(bits)} inside 2..8: "
+                       f"use offsets in {2 - bits[0]}..{8 - bits[-1]} for these options")
+    return offsets
+
+
 def check_domain_overrides(overrides: dict[str, str]) -> dict[str, str]:
     """Module-name glob -> node|edge|cluster|other."""
     bad = {p: d for p, d in overrides.items() if d not in LAYER_DOMAINS}
@@ -43,6 +53,9 @@ class AMQConfig:
             (the loss gradient's, from the QAT backward itself), ``gauss-newton`` (one Hutchinson probe
             of the prediction per step, one more backward), or the ablations ``error``, ``deviation``.
         domain_overrides: module-name glob -> node|edge|cluster|other, applied after probing.
+        layer_offsets: layer name -> bits added to every row of that layer (its bucket k runs at
+            ``bits[k] + offset``; see ``choose_layer_offsets``): a static per-layer profile under the per-item
+            allocation, as a layer-wise method would give. Every shifted option must stay in 2..8.
     """
 
     budget: float = 4.0
@@ -54,6 +67,7 @@ class AMQConfig:
     aux_layers: int = 3
     aux_target: str = "sensitivity"
     domain_overrides: dict[str, str] = field(default_factory=dict)
+    layer_offsets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget):
@@ -71,6 +85,7 @@ class AMQConfig:
         if self.aux_target not in AUX_TARGETS:
             raise AMQError(f"aux_target must be one of {AUX_TARGETS}, got {self.aux_target!r}")
         check_domain_overrides(self.domain_overrides)
+        check_layer_offsets(self.layer_offsets, bits)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

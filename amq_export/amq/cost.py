@@ -19,13 +19,15 @@ FloatLayer = tuple[str, str, int, int]  # (name, domain, in_features, out_featur
 
 @dataclass(frozen=True)
 class LayerCost:
-    """A quantized Linear layer: its input rows are the rows of ``domain`` (node, edge or cluster)."""
+    """A quantized Linear layer: its input rows are the rows of ``domain`` (node, edge or cluster); each row
+    runs at its allocated bits plus ``offset`` (``AMQConfig.layer_offsets``)."""
 
     name: str
     domain: str
     in_features: int
     out_features: int
     weight_bits: int
+    offset: int = 0
 
     @property
     def macs_per_row(self) -> int:
@@ -60,8 +62,8 @@ def bops(layers: Iterable[LayerCost], rows_bits: Mapping[str, Tensor], float_lay
     for layer in layers:
         if layer.domain not in bit_sums:
             raise ValueError(f"no row bit-widths for domain {layer.domain!r} of layer {layer.name!r}")
-        quantized_bops += layer.macs_per_row * layer.weight_bits * bit_sums[layer.domain]
         macs = layer.macs_per_row * row_counts[layer.domain]
+        quantized_bops += layer.macs_per_row * layer.weight_bits * bit_sums[layer.domain] + macs * layer.weight_bits * layer.offset
         quantized_macs += macs
         weighted_macs += macs * layer.weight_bits
     float_bops = 0

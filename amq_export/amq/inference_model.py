@@ -90,6 +90,7 @@ class AMQInferenceModel(nn.Module):
         self.aux = copy.deepcopy(qmodel.aux) if self.mode == "aux" else None
         macs = qmodel._macs_per_row
         self.node_macs, self.edge_macs, self.cluster_macs = (float(macs[d]) for d in ("node", "edge", "cluster"))
+        self.offset_bops = {d: float(v) for d, v in qmodel._offset_bops_per_row.items()}
         self.has_clusters = qmodel.has_cluster_items
         self.output_names = ["pred", "node_bits", "edge_bits"] + (["cluster_bits"] if self.has_clusters else [])
         self.aux_macs = self.aux.macs_per_row() if self.aux is not None else None
@@ -150,6 +151,9 @@ class AMQInferenceModel(nn.Module):
         if self.has_clusters:
             costs = torch.cat([costs, costs.new_full((c,), self.cluster_macs * self.weight_bits)])
         capacity = budget.to(torch.float64).reshape(()) * costs.sum()
+        if any(self.offset_bops.values()):  # what the per-layer offsets add, paid before the items share the rest
+            capacity = capacity - (self.offset_bops["node"] * n + self.offset_bops["edge"] * e
+                                   + self.offset_bops["cluster"] * c)
         if self.aux is not None:
             node_scores, cluster_scores = self.aux.forward_tensors(
                 x, pos, edge_index, node_type, clusters=clusters if self.has_clusters else None)

@@ -62,6 +62,11 @@ class AMQModel(nn.Module):
         self._macs_per_row = {
             d: sum(layer.macs_per_row for layer in self.layers if layer.domain == d) for d in DOMAINS
         }
+        # BOPs per row that the layers' offsets add on top of the allocated bits (AMQConfig.layer_offsets)
+        self._offset_bops_per_row = {
+            d: sum(layer.macs_per_row * layer.weight_bits * layer.offset for layer in self.layers if layer.domain == d)
+            for d in DOMAINS
+        }
 
     # ------------------------------------------------------------------ items and their costs
     @property
@@ -79,6 +84,12 @@ class AMQModel(nn.Module):
             clusters = torch.full((num_clusters(data),), float(self._macs_per_row["cluster"] * w),
                                   dtype=nodes.dtype)
         return nodes, clusters
+
+    def offset_bops(self, data: Any) -> float:
+        """BOPs the per-layer offsets add to a run on ``data`` (the same for every allocation): the budget
+        pays for them before the items share the rest."""
+        rows = {"node": data.num_nodes, "edge": data.edge_index.shape[1], "cluster": num_clusters(data)}
+        return float(sum(self._offset_bops_per_row[d] * rows[d] for d in DOMAINS))
 
     def aux_macs(self, data: Any) -> int:
         return int(self.aux.macs(data))
@@ -115,7 +126,9 @@ class AMQModel(nn.Module):
             item_scores = random_scores(costs, self.generator)
         else:  # uniform, and layerwise (whose rows all follow their layer's bits; items stay uniform)
             item_scores = costs
-        item_bits = allocate_budget(item_scores, costs, bits, budget, fixed_cost=fixed)
+        # the offsets' BOPs come off the budget first (in effective bits of the items' total cost)
+        item_budget = budget - self.offset_bops(data) / float(costs.sum()) if costs.numel() else budget
+        item_bits = allocate_budget(item_scores, costs, bits, item_budget, fixed_cost=fixed)
         n = node_cost.numel()
         return item_bits[:n].view(node_cost.shape), (item_bits[n:] if cluster_cost is not None else None)
 

@@ -362,19 +362,10 @@ def evaluate(
     return result
 
 
-def assign_layerwise_bits(
-    qmodel: AMQModel, meshes: Sequence[Any], *, budget: float | None = None, normalizer: Any | None = None,
-    batches: int = 4, batch_size: int = 8,
-) -> dict[str, int]:
-    """The per-layer mixed-precision baseline (in the spirit of HAWQ / ModelOpt AutoQuantize).
-
-    Each quantized layer is one item: its score is its summed row sensitivity over a few batches
-    at uniform bits, its cost its MACs on those meshes; the same allocator spends the same budget.
-    The result is stored in ``qmodel.layer_bits`` and used by ``mode="layerwise"``.
-    """
-    from amq_export.amq.allocation import allocate_budget
-
-    budget = qmodel.amq_config.budget if budget is None else budget
+def _layer_sensitivities(qmodel: AMQModel, meshes: Sequence[Any], budget: float, normalizer: Any | None,
+                         batches: int, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Per quantized layer (``qmodel.layers`` order): its summed row sensitivity at uniform bits over a few
+    batches, and its cost (MACs x weight bits) on those meshes."""
     totals: dict[str, float] = {}
     rows = {"node": 0, "edge": 0, "cluster": 0}
     for i, batch in enumerate(mesh_loader(list(meshes), batch_size)):
@@ -390,6 +381,49 @@ def assign_layerwise_bits(
     scores = torch.tensor([totals.get(layer.name, 0.0) for layer in layers], dtype=torch.float64)
     costs = torch.tensor([float(layer.macs_per_row * rows[layer.domain] * layer.weight_bits) for layer in layers],
                          dtype=torch.float64)
+    return scores, costs
+
+
+def assign_layerwise_bits(
+    qmodel: AMQModel, meshes: Sequence[Any], *, budget: float | None = None, normalizer: Any | None = None,
+    batches: int = 4, batch_size: int = 8,
+) -> dict[str, int]:
+    """The per-layer mixed-precision baseline (in the spirit of HAWQ / ModelOpt AutoQuantize).
+
+    Each quantized layer is one item: its score is its summed row sensitivity over a few batches
+    at uniform bits, its cost its MACs on those meshes; the same allocator spends the same budget.
+    The result is stored in ``qmodel.layer_bits`` and used by ``mode="layerwise"``.
+    """
+    from amq_export.amq.allocation import allocate_budget
+
+    budget = qmodel.amq_config.budget if budget is None else budget
+    scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
     bits = allocate_budget(scores, costs, qmodel.amq_config.bits, budget)
-    qmodel.layer_bits = {layer.name: int(b) for layer, b in zip(layers, bits)}
+    qmodel.layer_bits = {layer.name: int(b) for layer, b in zip(qmodel.layers, bits)}
     return qmodel.layer_bits
+
+
+MAX_LAYER_OFFSET = 2
+
+
+def choose_layer_offsets(
+    qmodel: AMQModel, meshes: Sequence[Any], *, budget: float | None = None, normalizer: Any | None = None,
+    batches: int = 4, batch_size: int = 8,
+) -> dict[str, int]:
+    """Per-layer offsets for ``AMQConfig.layer_offsets`` from the layers' sensitivities at uniform bits.
+
+    Reverse water-filling over layers (DESIGN item 6) puts layer ``l`` at ``0.5 log2(r_l)`` plus a constant,
+    ``r_l`` its sensitivity per cost: the offset is that, relative to the cost-weighted mean of
+    ``log2 r``, rounded and clipped to +-``MAX_LAYER_OFFSET`` and to the shifts that keep every option in
+    2..8. ``qmodel`` is a calibrated model without offsets; quantize again with the result.
+    """
+    if any(layer.offset for layer in qmodel.layers):
+        raise AMQError("choose_layer_offsets needs a model quantized without layer_offsets")
+    bits = qmodel.amq_config.bits
+    budget = qmodel.amq_config.budget if budget is None else budget
+    scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
+    log_ratio = torch.log2(scores.clamp_min(torch.finfo(torch.float64).tiny) / costs)
+    centre = float((log_ratio * costs).sum() / costs.sum())
+    low, high = max(-MAX_LAYER_OFFSET, 2 - bits[0]), min(MAX_LAYER_OFFSET, 8 - bits[-1])
+    offsets = torch.round(0.5 * (log_ratio - centre)).clamp(low, high)
+    return {layer.name: int(o) for layer, o in zip(qmodel.layers, offsets)}

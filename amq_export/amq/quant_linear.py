@@ -95,6 +95,9 @@ class AdaptiveQuantLinear(nn.Module):
     each row's ``||dL/dx_r||^2 * range^2`` (``x_r`` the quantized input row, ``range`` the input
     range seen in calibration) to ``state.add_sensitivity(name, domain, ...)``.
     ``per_bucket_weight_bits``: bucket ``b`` also uses weights at ``b`` bits (one GEMM per bucket).
+    ``offset``: the layer's bucket of rows at option ``b`` quantizes at ``b + offset`` bits (``bank_bits``);
+    its rows' sensitivities are weighted by ``4^-offset``, so that the per-item sum stays the first-order loss
+    of the item's option (DESIGN item 5).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class AdaptiveQuantLinear(nn.Module):
         weight_bits: int = 8,
         per_bucket_weight_bits: bool = False,
         act_quant: type = DEFAULT_ACT_QUANT,
+        offset: int = 0,
     ) -> None:
         super().__init__()
         if domain not in DOMAINS:
@@ -118,25 +122,29 @@ class AdaptiveQuantLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.name, self.domain, self.bits, self.state = name, domain, tuple(bits), state
         self.weight_bits, self.per_bucket_weight_bits = weight_bits, per_bucket_weight_bits
+        self.offset = int(offset)
+        self.bank_bits = tuple(b + self.offset for b in bits)
+        if not 2 <= self.bank_bits[0] <= self.bank_bits[-1] <= 8:
+            raise ValueError(f"layer {name!r}: options {bits} shifted by {offset} leave 2..8")
         has_bias = linear.bias is not None
 
         def quant_linear(w_bits: int) -> QuantLinear:
             return QuantLinear(self.in_features, self.out_features, bias=has_bias,
                                weight_quant=Int8WeightPerChannelFloat, weight_bit_width=w_bits)
 
-        first = quant_linear(bits[0] if per_bucket_weight_bits else weight_bits)
+        first = quant_linear(self.bank_bits[0] if per_bucket_weight_bits else weight_bits)
         with torch.no_grad():
             first.weight.copy_(weight)
             if has_bias:
                 first.bias.copy_(linear.bias)
         self.linears = nn.ModuleList([first])
         if per_bucket_weight_bits:
-            for b in bits[1:]:
+            for b in self.bank_bits[1:]:
                 extra = quant_linear(b)
                 extra.weight, extra.bias = first.weight, first.bias  # one float weight, K quantizers
                 self.linears.append(extra)
         self.act_quants = nn.ModuleList(
-            QuantIdentity(act_quant=act_quant, bit_width=b, return_quant_tensor=False) for b in bits
+            QuantIdentity(act_quant=act_quant, bit_width=b, return_quant_tensor=False) for b in self.bank_bits
         )
         for quant in self.act_quants:  # the same values and gradients in fewer passes (fake_quant.py)
             fuse_activation_quant(quant)
@@ -168,12 +176,12 @@ class AdaptiveQuantLinear(nn.Module):
         return self.input_max - self.input_min
 
     def cost(self) -> LayerCost:
-        return LayerCost(self.name, self.domain, self.in_features, self.out_features, self.weight_bits)
+        return LayerCost(self.name, self.domain, self.in_features, self.out_features, self.weight_bits, self.offset)
 
     def extra_repr(self) -> str:
         weights = "per bucket" if self.per_bucket_weight_bits else str(self.weight_bits)
         return (f"{self.name!r}, domain={self.domain}, in={self.in_features}, out={self.out_features}, "
-                f"bits={self.bits}, weight_bits={weights}")
+                f"bits={self.bank_bits}, weight_bits={weights}")
 
     def act_quant_params(self) -> list[ActQuantParams]:
         """Per bucket (in the order of ``bits``): bit-width, scale, zero point, qmin, qmax (detached)."""
@@ -317,7 +325,7 @@ class AdaptiveQuantLinear(nn.Module):
 
     def _tap(self, xq: Tensor, buckets: RowBuckets | None) -> Tensor:
         """``xq`` with a backward hook adding its rows' sensitivities (``buckets``: the order ``xq``'s rows are in)."""
-        range_sq = float(self.input_range) ** 2
+        range_sq = float(self.input_range) ** 2 * 4.0 ** -self.offset
         if not math.isfinite(range_sq):
             raise RuntimeError(f"layer {self.name!r} has no calibrated input range; run a few batches "
                                "under calibration_mode(model) before collecting sensitivities")

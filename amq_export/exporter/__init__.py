@@ -65,8 +65,8 @@ def deployment_meta(qmodel: AMQModel | None, main: nn.Module, normalizer: dict |
         meta.update({
             "bits": list(config.bits), "weight_bits": config.weight_bits, "edge_rule": config.edge_rule,
             "budget": float(config.budget if budget is None else budget),
-            "layers": [[layer.name, layer.domain, layer.in_features, layer.out_features, layer.weight_bits]
-                       for layer in qmodel.layers],
+            "layers": [[layer.name, layer.domain, layer.in_features, layer.out_features, layer.weight_bits,
+                        layer.offset] for layer in qmodel.layers],
             "float_layers": [list(layer) for layer in qmodel.float_layers],
             "aux_macs_per_row": qmodel.aux.macs_per_row(),
         })
