@@ -7,7 +7,7 @@ the default window. At budget 4 the ablations run too: the auxiliary target (`au
 sensitivities from one Hutchinson probe per step, `aux-errtarget`: per-node error against ground truth,
 `aux-devtarget`: deviation from the float model) and
 per-bucket weight bit-widths (`aux-pbw`). `aux-offsets` adds per-layer offsets (`choose_layer_offsets`) under the
-per-node allocation. Prints a table and writes
+per-node allocation; `uniform-offsets` the same offsets over uniform items (a static per-layer profile). Prints a table and writes
 benchmarks/results/pareto_darcy_<arch>.json: {"rows": [...], "aux_spearman": ..., ...}; rows of auxiliary
 methods also hold their Spearman over all node items of a mesh and within each kind of item.
 
@@ -48,7 +48,7 @@ def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
     rows = [("uniform", "uniform", {}), ("aux", "aux", {}), ("random", "random", {}), ("oracle", "oracle", {}),
             ("layerwise", "layerwise", {}), ("aux-all", "aux", {"bits": ALL_BITS}),
             ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS}),
-            ("aux-offsets", "aux", {"layer_offsets": "choose"})]
+            ("aux-offsets", "aux", {"layer_offsets": "choose"}), ("uniform-offsets", "uniform", {"layer_offsets": "choose"})]
     if ablations:
         rows += [("aux-gntarget", "aux", {"aux_target": "gauss-newton"}),
                  ("aux-errtarget", "aux", {"aux_target": "error"}),
