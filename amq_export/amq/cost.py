@@ -63,7 +63,7 @@ def bops(layers: Iterable[LayerCost], rows_bits: Mapping[str, Tensor], float_lay
         if layer.domain not in bit_sums:
             raise ValueError(f"no row bit-widths for domain {layer.domain!r} of layer {layer.name!r}")
         macs = layer.macs_per_row * row_counts[layer.domain]
-        quantized_bops += layer.macs_per_row * layer.weight_bits * bit_sums[layer.domain] + macs * layer.weight_bits * layer.offset
+        quantized_bops += layer.weight_bits * (layer.macs_per_row * bit_sums[layer.domain] + macs * layer.offset)
         quantized_macs += macs
         weighted_macs += macs * layer.weight_bits
     float_bops = 0

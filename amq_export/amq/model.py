@@ -88,7 +88,7 @@ class AMQModel(nn.Module):
     def offset_bops(self, data: Any) -> float:
         """BOPs the per-layer offsets add to a run on ``data`` (the same for every allocation): the budget
         pays for them before the items share the rest."""
-        rows = {"node": data.num_nodes, "edge": data.edge_index.shape[1], "cluster": num_clusters(data)}
+        rows = row_counts(data)
         return float(sum(self._offset_bops_per_row[d] * rows[d] for d in DOMAINS))
 
     def aux_macs(self, data: Any) -> int:
@@ -168,7 +168,7 @@ class AMQModel(nn.Module):
     def cost(self, data: Any, node_bits: Tensor, e_bits: Tensor, cluster_bits: Tensor | None,
              with_aux: bool) -> dict[str, float]:
         """BOPs of one run (DESIGN item 3); ``b_eff`` charges the auxiliary model when it ran."""
-        rows = {"node": data.num_nodes, "edge": data.edge_index.shape[1], "cluster": num_clusters(data)}
+        rows = row_counts(data)
         aux_macs = self.aux_macs(data) if with_aux else 0
         if self.state.layer_bits is not None:
             rows_bits = {}
@@ -186,6 +186,11 @@ class AMQModel(nn.Module):
         result["b_eff_main"] = result["b_eff"]
         result["b_eff"] = result["b_charged"]
         return result
+
+
+def row_counts(data: Any) -> dict[str, int]:
+    """How many rows each domain has in ``data``: its nodes, edges and clusters."""
+    return {"node": data.num_nodes, "edge": data.edge_index.shape[1], "cluster": num_clusters(data)}
 
 
 def _cat(nodes: Tensor, clusters: Tensor | None) -> Tensor:

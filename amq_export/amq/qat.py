@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from amq_export.amq.allocation import edge_owner
 from amq_export.amq.auxiliary import regression_loss, spearman, start_at_mean
-from amq_export.amq.model import AMQModel
+from amq_export.amq.model import AMQModel, row_counts
 from amq_export.data.mesh_data import num_clusters
 from amq_export.errors import AMQError
 from amq_export.metrics import batch_relative_l2
@@ -374,9 +374,8 @@ def _layer_sensitivities(qmodel: AMQModel, meshes: Sequence[Any], budget: float,
         _true_scores(qmodel, batch, budget, normalizer)
         for name, value in qmodel.state.layer_sensitivity.items():
             totals[name] = totals.get(name, 0.0) + value
-        rows["node"] += batch.num_nodes
-        rows["edge"] += batch.edge_index.shape[1]
-        rows["cluster"] += num_clusters(batch)
+        for domain, count in row_counts(batch).items():
+            rows[domain] += count
     layers = qmodel.layers
     scores = torch.tensor([totals.get(layer.name, 0.0) for layer in layers], dtype=torch.float64)
     costs = torch.tensor([float(layer.macs_per_row * rows[layer.domain] * layer.weight_bits) for layer in layers],
