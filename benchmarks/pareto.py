@@ -7,7 +7,8 @@ the default window. At budget 4 the ablations run too: the auxiliary target (`au
 sensitivities from one Hutchinson probe per step, `aux-errtarget`: per-node error against ground truth,
 `aux-devtarget`: deviation from the float model) and
 per-bucket weight bit-widths (`aux-pbw`). `aux-offsets` adds per-layer offsets (`choose_layer_offsets`) under the
-per-node allocation; `uniform-offsets` the same offsets over uniform items (a static per-layer profile). Prints a table and writes
+per-node allocation; `uniform-offsets` the same offsets over uniform items (a static per-layer profile);
+`aux-frozen` keeps the auxiliary model as its warm start left it during QAT (a mesh's allocation stops moving). Prints a table and writes
 benchmarks/results/pareto_darcy_<arch>.json: {"rows": [...], "aux_spearman": ..., ...}; rows of auxiliary
 methods also hold their Spearman over all node items of a mesh and within each kind of item.
 
@@ -48,7 +49,8 @@ def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
     rows = [("uniform", "uniform", {}), ("aux", "aux", {}), ("random", "random", {}), ("oracle", "oracle", {}),
             ("layerwise", "layerwise", {}), ("aux-all", "aux", {"bits": ALL_BITS}),
             ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS}),
-            ("aux-offsets", "aux", {"layer_offsets": "choose"}), ("uniform-offsets", "uniform", {"layer_offsets": "choose"})]
+            ("aux-offsets", "aux", {"layer_offsets": "choose"}), ("uniform-offsets", "uniform", {"layer_offsets": "choose"}),
+            ("aux-frozen", "aux", {"finetune": {"freeze_aux": True}})]
     if ablations:
         rows += [("aux-gntarget", "aux", {"aux_target": "gauss-newton"}),
                  ("aux-errtarget", "aux", {"aux_target": "error"}),
@@ -115,7 +117,8 @@ def main() -> None:
                 overrides = {**overrides, "layer_offsets": choose_layer_offsets(probe, dataset.train,
                                                                                 normalizer=normalizer)}
                 print(f"{name}: offsets {sorted(overrides['layer_offsets'].items())}", flush=True)
-            config = AMQConfig(budget=budget, **{"aux_hidden": 16, **overrides})
+            train_options = overrides.get("finetune", {})
+            config = AMQConfig(budget=budget, **{"aux_hidden": 16, **{k: v for k, v in overrides.items() if k != "finetune"}})
             for seed in range(args.seeds):
                 torch.manual_seed(seed)
                 qmodel = quantize(copy.deepcopy(base), config, calibration=dataset.train[:32])
@@ -123,7 +126,7 @@ def main() -> None:
                     assign_layerwise_bits(qmodel, dataset.train, normalizer=normalizer)
                 history = finetune(qmodel, dataset.train[: args.qat_samples], dataset.val, normalizer=normalizer, epochs=args.epochs,
                                    batch_size=args.batch_size, mode=mode, float_model=base, seed=seed,
-                                   aux_prefit_steps=args.aux_prefit, progress=False)
+                                   aux_prefit_steps=args.aux_prefit, progress=False, **train_options)
                 qat_epoch_s += [h["seconds"] for h in history]
                 metrics = evaluate(qmodel, dataset.test, normalizer=normalizer, mode=mode, with_spearman=mode == "aux")
                 runs.append(metrics)

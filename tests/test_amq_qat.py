@@ -160,6 +160,24 @@ def test_gauss_newton_aux_target_trains_the_aux_model(tiny, qmodel_factory):
     assert any(not torch.equal(a, b) for a, b in zip(before, q.aux.parameters(), strict=True))
 
 
+def test_freeze_aux_trains_the_main_model_under_the_warm_started_allocation(tiny, qmodel_factory):
+    """With ``freeze_aux`` the auxiliary model changes only in its warm start: QAT afterwards moves the main
+    weights and leaves the auxiliary ones (hence each mesh's allocation) where the warm start put them."""
+    from amq_export.amq.qat import fit_auxiliary
+
+    q, twin = qmodel_factory(tiny), qmodel_factory(tiny)
+    fit_auxiliary(twin, tiny.train, normalizer=tiny.normalizer, steps=50, progress=False)
+    main_before = [p.detach().clone() for p in q.main.parameters()]
+    history = finetune(q, tiny.train, tiny.val, normalizer=tiny.normalizer, epochs=1, mode="aux",
+                       aux_prefit_steps=50, freeze_aux=True, progress=False)
+    assert history[0]["aux_loss"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(twin.aux.parameters(), q.aux.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(main_before, q.main.parameters(), strict=True))
+    for bad in ({"mode": "uniform"}, {"mode": "aux", "aux_prefit_steps": 0}):
+        with pytest.raises(AMQError, match="freeze_aux"):
+            finetune(q, tiny.train, tiny.val, epochs=1, freeze_aux=True, progress=False, **bad)
+
+
 def test_fit_auxiliary_learns_the_sensitivity_ranking_and_leaves_the_main_model_alone(tiny, qmodel_factory):
     """The warm start fits the auxiliary model to the true sensitivities at uniform bits: on test meshes its
     rank agreement with them within each kind of node item goes from chance to high, and no main weight

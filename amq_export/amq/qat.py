@@ -238,6 +238,7 @@ def finetune(
     mode: str = "aux",
     float_model: nn.Module | None = None,
     aux_prefit_steps: int = AUX_PREFIT_STEPS,
+    freeze_aux: bool = False,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, float]]:
@@ -248,6 +249,8 @@ def finetune(
     method is fine-tuned with the allocations it will see at inference. In ``aux`` mode the auxiliary
     model is first fitted for ``aux_prefit_steps`` steps (:func:`fit_auxiliary`, on the training meshes at
     uniform bits), so that it does not drive allocation while still untrained; 0 skips that.
+    ``freeze_aux`` keeps the auxiliary model as the warm start left it: the allocation of a mesh then no
+    longer moves from step to step while the main model trains under it.
     """
     cfg = qmodel.amq_config
     budget = cfg.budget if budget is None else budget
@@ -259,13 +262,15 @@ def finetune(
         raise AMQError("aux_target='deviation' needs the float model: pass float_model=...")
     if epochs < 1 or not train or not val:
         raise AMQError("finetune needs epochs >= 1 and non-empty train and val meshes")
+    if freeze_aux and (mode != "aux" or aux_prefit_steps < 1):
+        raise AMQError("freeze_aux keeps the warm-started auxiliary model: it needs mode='aux' and aux_prefit_steps >= 1")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     probe_generator = torch.Generator().manual_seed(seed)
     main_params = [p for p in qmodel.main.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
         {"params": main_params, "lr": lr, "weight_decay": 0.0},
-        {"params": list(qmodel.aux.parameters()), "lr": aux_lr, "weight_decay": 1e-5},
+        {"params": [] if freeze_aux else list(qmodel.aux.parameters()), "lr": aux_lr, "weight_decay": 1e-5},
     ])
     loader = mesh_loader(list(train), batch_size, shuffle=True, seed=seed)
     steps = epochs * len(loader)
@@ -286,7 +291,7 @@ def finetune(
                 scores = _true_scores(qmodel, batch, step_budget, normalizer) if mode == "oracle" else None
                 optimizer.zero_grad(set_to_none=True)
                 out, loss, targets = _loss_and_targets(qmodel, batch, step_budget, mode, normalizer, scores,
-                                                        probe_generator, float_model, collect=mode == "aux")
+                                                        probe_generator, float_model, collect=mode == "aux" and not freeze_aux)
                 aux_loss = torch.zeros(())
                 if targets is not None:
                     aux_loss = _aux_loss((out.aux_node, out.aux_cluster), targets)
