@@ -221,3 +221,17 @@ def test_layer_offsets_shift_each_layers_buckets_and_the_budget_still_holds(tiny
         AMQConfig(budget=4.0, layer_offsets={"encoder.0": 3})  # options 3..6 shifted to 6..9
     with pytest.raises(AMQError, match="without layer_offsets"):
         choose_layer_offsets(q, tiny.train, normalizer=tiny.normalizer)
+
+
+def test_layerwise_offset_profile_is_the_layerwise_bits_relative_to_each_domain(tiny, qmodel_factory):
+    from amq_export.api import choose_layer_offsets
+
+    q = qmodel_factory(tiny)
+    offsets = choose_layer_offsets(q, tiny.train, normalizer=tiny.normalizer, profile="layerwise")
+    layer_bits = assign_layerwise_bits(q, tiny.train, normalizer=tiny.normalizer)
+    for domain in {layer.domain for layer in q.layers}:
+        names = [layer.name for layer in q.layers if layer.domain == domain]
+        lowest = min(layer_bits[n] for n in names)
+        assert {n: offsets[n] for n in names} == {n: min(layer_bits[n] - lowest, 2) for n in names}
+    with pytest.raises(AMQError, match="offset profile"):
+        choose_layer_offsets(q, tiny.train, profile="hawq")

@@ -412,24 +412,37 @@ MAX_LAYER_OFFSET = 2
 
 def choose_layer_offsets(
     qmodel: AMQModel, meshes: Sequence[Any], *, budget: float | None = None, normalizer: Any | None = None,
-    batches: int = 4, batch_size: int = 8,
+    batches: int = 4, batch_size: int = 8, profile: str = "water-filling",
 ) -> dict[str, int]:
     """Per-layer offsets for ``AMQConfig.layer_offsets`` from the layers' sensitivities at uniform bits.
 
-    Reverse water-filling over layers (DESIGN item 6) puts layer ``l`` at ``0.5 log2(r_l)`` plus a constant,
-    ``r_l`` its sensitivity per cost: the offset is that, relative to the cost-weighted mean of
-    ``log2 r``, rounded and clipped to +-``MAX_LAYER_OFFSET`` and to the shifts that keep every option in
-    2..8 and never push a layer's rows below ``min(3, bits[0])`` bits: offsets that put 3..6 rows at 2 bits
-    lost (MP-PDE, Darcy, budget 4: 0.088 and 0.093 against 0.076 without offsets). ``qmodel`` is a
-    calibrated model without offsets; quantize again with the result.
+    ``profile="water-filling"``: reverse water-filling over layers (DESIGN item 6) puts layer ``l`` at
+    ``0.5 log2(r_l)`` plus a constant, ``r_l`` its sensitivity per cost: the offset is that, relative to the
+    cost-weighted mean of ``log2 r``, rounded and clipped to +-``MAX_LAYER_OFFSET`` and to the shifts that keep
+    every option in 2..8 and never push a layer's rows below ``min(3, bits[0])`` bits: offsets that put 3..6
+    rows at 2 bits lost (MP-PDE, Darcy, budget 4: 0.088 and 0.093 against 0.076 without offsets).
+    ``profile="layerwise"``: the per-layer baseline's own bits (``assign_layerwise_bits``) relative to the
+    lowest of its domain, so that the per-item allocation moves each item around that static profile.
+    ``qmodel`` is a calibrated model without offsets; quantize again with the result.
     """
     if any(layer.offset for layer in qmodel.layers):
         raise AMQError("choose_layer_offsets needs a model quantized without layer_offsets")
+    if profile not in ("water-filling", "layerwise"):
+        raise AMQError(f"unknown offset profile {profile!r}: choose 'water-filling' or 'layerwise'")
     bits = qmodel.amq_config.bits
     budget = qmodel.amq_config.budget if budget is None else budget
     scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
+    high = min(MAX_LAYER_OFFSET, 8 - bits[-1])
+    if profile == "layerwise":
+        from amq_export.amq.allocation import allocate_budget
+
+        layer_bits = allocate_budget(scores, costs, bits, budget).long()
+        lowest = {d: int(min(b for b, layer in zip(layer_bits, qmodel.layers) if layer.domain == d))
+                  for d in {layer.domain for layer in qmodel.layers}}
+        offsets = torch.stack([b - lowest[layer.domain] for b, layer in zip(layer_bits, qmodel.layers)]).clamp(max=high)
+        return {layer.name: int(o) for layer, o in zip(qmodel.layers, offsets)}
     log_ratio = torch.log2(scores.clamp_min(torch.finfo(torch.float64).tiny) / costs)
     centre = float((log_ratio * costs).sum() / costs.sum())
-    low, high = max(-MAX_LAYER_OFFSET, min(3, bits[0]) - bits[0]), min(MAX_LAYER_OFFSET, 8 - bits[-1])
+    low = max(-MAX_LAYER_OFFSET, min(3, bits[0]) - bits[0])
     offsets = torch.round(0.5 * (log_ratio - centre)).clamp(low, high)
     return {layer.name: int(o) for layer, o in zip(qmodel.layers, offsets)}
