@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from amq_export.amq.allocation import edge_owner
+from amq_export.amq.allocation import allocate_budget, edge_owner
 from amq_export.amq.auxiliary import regression_loss, spearman, start_at_mean
 from amq_export.amq.model import AMQModel, row_counts
 from amq_export.data.mesh_data import num_clusters
@@ -398,8 +398,6 @@ def assign_layerwise_bits(
     at uniform bits, its cost its MACs on those meshes; the same allocator spends the same budget.
     The result is stored in ``qmodel.layer_bits`` and used by ``mode="layerwise"``.
     """
-    from amq_export.amq.allocation import allocate_budget
-
     budget = qmodel.amq_config.budget if budget is None else budget
     scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
     bits = allocate_budget(scores, costs, qmodel.amq_config.bits, budget)
@@ -434,8 +432,6 @@ def choose_layer_offsets(
     scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
     high = min(MAX_LAYER_OFFSET, 8 - bits[-1])
     if profile == "layerwise":
-        from amq_export.amq.allocation import allocate_budget
-
         layer_bits = allocate_budget(scores, costs, bits, budget).long()
         lowest = {d: int(min(b for b, layer in zip(layer_bits, qmodel.layers) if layer.domain == d))
                   for d in {layer.domain for layer in qmodel.layers}}
