@@ -113,11 +113,14 @@ def plot_allocation(path: Path, pos: np.ndarray, bit_maps: list[tuple[np.ndarray
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
+    return save_png(fig, path)
 
-    def write(fh: Any) -> None:
-        fig.savefig(fh, format="png", dpi=110)
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
 
     try:
-        return atomic_write(path, write)
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     finally:
         plt.close(fig)

@@ -18,7 +18,7 @@ from typing import Any
 
 from _common import RESULTS
 
-from amq_export.report import atomic_write
+from amq_export.report import save_png
 
 # method -> (colour, line style): AMQ in strong colours, baselines in greys and muted tones
 STYLES = {
@@ -65,14 +65,7 @@ def plot_pareto(payload: dict[str, Any], title: str, path: Path) -> Path:
     ax.set_xticks(sorted({r["budget"] for r in payload["rows"]}))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-
-    def write(fh: Any) -> None:
-        fig.savefig(fh, format="png", dpi=110)
-
-    try:
-        return atomic_write(path, write)
-    finally:
-        plt.close(fig)
+    return save_png(fig, path)
 
 
 def main() -> None:
