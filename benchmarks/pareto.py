@@ -49,7 +49,8 @@ def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
     rows = [("uniform", "uniform", {}), ("aux", "aux", {}), ("random", "random", {}), ("oracle", "oracle", {}),
             ("layerwise", "layerwise", {}), ("aux-all", "aux", {"bits": ALL_BITS}),
             ("random-all", "random", {"bits": ALL_BITS}), ("oracle-all", "oracle", {"bits": ALL_BITS}),
-            ("aux-offsets", "aux", {"layer_offsets": "choose"}), ("uniform-offsets", "uniform", {"layer_offsets": "choose"}),
+            ("aux-offsets", "aux", {"layer_offsets": "water-filling"}),
+            ("uniform-offsets", "uniform", {"layer_offsets": "water-filling"}),
             ("aux-frozen", "aux", {"finetune": {"freeze_aux": True}}),
             ("aux-lwoffsets", "aux", {"layer_offsets": "layerwise"}),
             ("uniform-lwoffsets", "uniform", {"layer_offsets": "layerwise"})]
@@ -113,12 +114,12 @@ def main() -> None:
             if wanted and name not in wanted:
                 continue
             runs = []
-            if overrides.get("layer_offsets") in ("choose", "layerwise"):  # from the layers' sensitivities, once per budget
+            if isinstance(overrides.get("layer_offsets"), str):  # a profile: offsets from the layers' sensitivities, once per budget
                 probe = quantize(copy.deepcopy(base), AMQConfig(budget=budget, aux_hidden=16),
                                  calibration=dataset.train[:32])
-                profile = "water-filling" if overrides["layer_offsets"] == "choose" else "layerwise"
                 overrides = {**overrides, "layer_offsets": choose_layer_offsets(probe, dataset.train,
-                                                                                normalizer=normalizer, profile=profile)}
+                                                                                normalizer=normalizer,
+                                                                                profile=overrides["layer_offsets"])}
                 print(f"{name}: offsets {sorted(overrides['layer_offsets'].items())}", flush=True)
             train_options = overrides.get("finetune", {})
             config = AMQConfig(budget=budget, **{"aux_hidden": 16, **{k: v for k, v in overrides.items() if k != "finetune"}})

@@ -433,10 +433,10 @@ def choose_layer_offsets(
     high = min(MAX_LAYER_OFFSET, 8 - bits[-1])
     if profile == "layerwise":
         layer_bits = allocate_budget(scores, costs, bits, budget).long()
-        lowest = {d: int(min(b for b, layer in zip(layer_bits, qmodel.layers) if layer.domain == d))
-                  for d in {layer.domain for layer in qmodel.layers}}
-        offsets = torch.stack([b - lowest[layer.domain] for b, layer in zip(layer_bits, qmodel.layers)]).clamp(max=high)
-        return {layer.name: int(o) for layer, o in zip(qmodel.layers, offsets)}
+        lowest: dict[str, int] = {}
+        for layer, b in zip(qmodel.layers, layer_bits.tolist()):
+            lowest[layer.domain] = min(b, lowest.get(layer.domain, b))
+        return {layer.name: min(b - lowest[layer.domain], high) for layer, b in zip(qmodel.layers, layer_bits.tolist())}
     log_ratio = torch.log2(scores.clamp_min(torch.finfo(torch.float64).tiny) / costs)
     centre = float((log_ratio * costs).sum() / costs.sum())
     low = max(-MAX_LAYER_OFFSET, min(3, bits[0]) - bits[0])
