@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from amq_export.amq.bucketed_linear import BucketedIntLinear, IntegerForm
+from amq_export.amq.bucketed_linear import BucketedIntLinear, IntegerForm, counts_key
 from amq_export.exporter.onnx_lowering import OPSET, translation_table
 from amq_export.models.gathered_linear import gathered_linear
 from passes.onnx import apply_rules
@@ -33,17 +33,19 @@ def _form(zero_points: tuple[int, ...], bits: tuple[int, ...], seed: int = 0) ->
 
 
 class _Layer(nn.Module):
-    def __init__(self, form: IntegerForm) -> None:
+    def __init__(self, form: IntegerForm, segments: bool = False) -> None:
         super().__init__()
         self.form, self.flags = form, form.flags()  # Python values: traced code cannot branch on tensors
+        self.segments = segments
 
     def forward(self, x: Tensor, row_bucket: Tensor) -> Tensor:
-        return torch.ops.amq.bucketed_linear(x, row_bucket, *self.form, *self.flags)
+        counts = (row_bucket.unsqueeze(1) == torch.arange(len(self.flags[0]))).sum(0) if self.segments else None
+        return torch.ops.amq.bucketed_linear(x, row_bucket, *self.form, *self.flags, bucket_counts=counts)
 
 
-def _export(form: IntegerForm, x: Tensor, row_bucket: Tensor):
+def _export(form: IntegerForm, x: Tensor, row_bucket: Tensor, segments: bool = False):
     rows = torch.export.Dim("rows")
-    program = torch.onnx.export(_Layer(form).eval(), (x, row_bucket), dynamo=True, opset_version=OPSET,
+    program = torch.onnx.export(_Layer(form, segments).eval(), (x, row_bucket), dynamo=True, opset_version=OPSET,
                                 input_names=["x", "row_bucket"], dynamic_shapes=({0: rows}, {0: rows}),
                                 custom_translation_table=translation_table(), verbose=False)
     return program.model_proto
@@ -73,28 +75,54 @@ def test_lowering_matches_the_op_bit_for_bit(zero_points, bits, shared) -> None:
     assert (ops["Min"], ops["Max"]) == (int(narrow), int(narrow and shared >= 0))
 
 
+@pytest.mark.parametrize(("zero_points", "bits"), [((2, 40), (4, 8)), ((15, 3), (4, 8)), ((2, 40, 9), (3, 8, 4)),
+                                                   ((7,), (8,))])
+@pytest.mark.parametrize("rows", [300, 1, 0])
+def test_sorted_rows_quantize_per_segment_bit_for_bit(zero_points, bits, rows) -> None:
+    """Rows sorted by bucket (``bucket_counts``): one scalar QuantizeLinear per bucket, a scalar Clip per
+    narrow bucket, no per-row bounds; the same integers as the op, empty buckets and no rows included."""
+    form = _form(zero_points, bits)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(rows, 24, generator=gen) * 3
+    row_bucket = torch.randint(0, max(len(bits) - 1, 1), (rows,), generator=gen).sort().values  # the last bucket empty (of several)
+    expected = form(x, row_bucket).numpy()
+    model = _export(form, torch.randn(7, 24), torch.tensor([0, 0, 0, 0, 0, 0, len(bits) - 1]), segments=True)
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert (ops["Min"], ops["Max"]) == (0, 0)
+    assert (ops["QuantizeLinear"], ops["Clip"]) == (len(bits), sum(b < 8 for b in bits))
+    feeds = {"x": x.numpy(), "row_bucket": row_bucket.numpy()}
+    for graph in (model, apply_rules(model, "ort")[0]):
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
+
+
 class _EdgeLayer(nn.Module):
     """The first Linear of an edge MLP on [h_dst, h_src, rest], as ``gathered_linear`` calls it."""
 
-    def __init__(self, form: IntegerForm) -> None:
+    def __init__(self, form: IntegerForm, segments: bool) -> None:
         super().__init__()
         self.buckets: dict[str, Tensor] = {}
         self.linear = BucketedIntLinear(form, self.buckets, "edge_linear", "edge")
+        self.segments = segments  # edge rows sorted by bucket, their counts given
 
     def forward(self, h: Tensor, edge_index: Tensor, rest: Tensor, row_bucket: Tensor) -> Tensor:
         self.buckets["edge"] = row_bucket
+        if self.segments:
+            self.buckets[counts_key("edge")] = (row_bucket.unsqueeze(1) == torch.arange(len(self.linear.flags[0]))).sum(0)
         return gathered_linear(self.linear, h, (edge_index[1], edge_index[0]), rest)
 
 
 @pytest.mark.parametrize(("zero_points", "bits"), [((2, 40, 9), (3, 8, 4)), ((15, 3), (4, 8))])
-def test_gathered_rows_quantize_before_the_gather_bit_for_bit(zero_points, bits) -> None:
+@pytest.mark.parametrize("segments", [False, True])
+def test_gathered_rows_quantize_before_the_gather_bit_for_bit(zero_points, bits, segments) -> None:
     form = _form(zero_points, bits)  # 24 inputs: 2 x 10 gathered node columns + 4 of the edge's own
-    layer = _EdgeLayer(form).eval()
+    layer = _EdgeLayer(form, segments).eval()
     gen = torch.Generator().manual_seed(2)
     n, e = 50, 400
     h, rest = torch.randn(n, 10, generator=gen) * 3, torch.randn(e, 4, generator=gen)
     edge_index = torch.randint(0, n, (2, e), generator=gen)
     row_bucket = torch.randint(0, len(bits), (e,), generator=gen)
+    row_bucket = row_bucket.sort().values if segments else row_bucket
     got = layer(h, edge_index, rest, row_bucket)
     plain = torch.cat([h[edge_index[1]], h[edge_index[0]], rest], -1)
     assert torch.equal(got, form(plain, row_bucket))  # the same numbers as the plain concatenation
@@ -106,7 +134,8 @@ def test_gathered_rows_quantize_before_the_gather_bit_for_bit(zero_points, bits)
     model = program.model_proto
     ops = Counter(node.op_type for node in model.graph.node)
     shared = form.shared_zero_point >= 0
-    assert ops["QuantizeLinear"] == (len(bits) + 1 if shared else 1)  # K node-row copies and the rest
+    rest_quantizations = len(bits) if segments else 1  # one per segment, or one per-row QuantizeLinear
+    assert ops["QuantizeLinear"] == (len(bits) + 1 if shared else 1) + (rest_quantizations - 1)  # K node-row copies and the rest
     feeds = {"h": h.numpy(), "edge_index": edge_index.numpy(), "rest": rest.numpy(), "row_bucket": row_bucket.numpy()}
     for graph in (model, apply_rules(model, "ort")[0]):
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -57,31 +57,34 @@ def _scaled_gemm(centered: Tensor, row_bucket: Tensor, act_scale: Tensor, weight
 
 @torch.library.custom_op("amq::bucketed_linear", mutates_args=())
 def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-                    weight_int_t: Tensor, weight_scale: Tensor, bias: Tensor, clip: bool = True,
-                    shared_zero_point: int = -1) -> Tensor:
+                    weight_int_t: Tensor, weight_scale: Tensor, bias: Tensor, clip: Sequence[bool],
+                    shared_zero_point: int, bucket_counts: Tensor | None = None) -> Tensor:
     """``x`` [R, in] float, ``row_bucket`` [R] int64 in 0..K-1, per-bucket ``act_*`` [K] float,
     ``weight_int_t`` [in, out] int8 (the transposed integer weight), ``weight_scale`` [out] float,
     ``bias`` [out] -> [R, out].
 
-    Two flags tell the lowering what it may leave out; the numbers do not depend on them.
-    ``clip=False`` promises that every bucket spans the whole uint8 range (8 bits), so saturating to
-    0..255 is the clamp. ``shared_zero_point`` ``Z >= 0`` promises that every bucket's integer range,
-    shifted to ``Z``, ``[Z - z_k, Z - z_k + qmax_k]``, fits in 0..255: then all rows quantize with the
-    one zero point ``Z`` and the GEMM takes it as a scalar (``-1``: no such ``Z``)."""
+    The arguments after the tensors tell the lowering what it may leave out or do faster; the numbers do
+    not depend on them. ``clip[k]=False`` promises that bucket ``k`` spans the whole uint8 range (8 bits),
+    so saturating to 0..255 is its clamp. ``shared_zero_point`` ``Z >= 0`` promises that every bucket's
+    integer range, shifted to ``Z``, ``[Z - z_k, Z - z_k + qmax_k]``, fits in 0..255: then all rows
+    quantize with the one zero point ``Z`` and the GEMM takes it as a scalar (``-1``: no such ``Z``).
+    ``bucket_counts`` [K] promises that the rows are sorted by bucket, bucket ``k`` being the next
+    ``bucket_counts[k]`` rows: then each bucket's contiguous segment is quantized with scalar parameters
+    (vectorised) instead of every row with its own (``None``: rows in any order)."""
     centered = _centered(x, row_bucket, act_scale, act_zero_point, act_qmax)
     return _scaled_gemm(centered, row_bucket, act_scale, weight_int_t, weight_scale, bias)
 
 
 @bucketed_linear.register_fake
 def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-      weight_int_t: Tensor, weight_scale: Tensor, bias: Tensor, clip: bool = True,
-      shared_zero_point: int = -1) -> Tensor:
+      weight_int_t: Tensor, weight_scale: Tensor, bias: Tensor, clip: Sequence[bool],
+      shared_zero_point: int, bucket_counts: Tensor | None = None) -> Tensor:
     return x.new_empty(x.shape[0], weight_int_t.shape[1])
 
 
 @torch.library.custom_op("amq::quantize_rows", mutates_args=())
 def quantize_rows(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-                  clip: bool, shared_zero_point: int) -> Tensor:
+                  clip: Sequence[bool], shared_zero_point: int, bucket_counts: Tensor | None = None) -> Tensor:
     """The first half of ``bucketed_linear`` where ``shared_zero_point`` ``Z >= 0``: every row's integers
     shifted to ``Z``, uint8 [R, in]."""
     return (_centered(x, row_bucket, act_scale, act_zero_point, act_qmax) + shared_zero_point).to(torch.uint8)
@@ -89,7 +92,21 @@ def quantize_rows(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_poi
 
 @quantize_rows.register_fake
 def _(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
-      clip: bool, shared_zero_point: int) -> Tensor:
+      clip: Sequence[bool], shared_zero_point: int, bucket_counts: Tensor | None = None) -> Tensor:
+    return x.new_empty(x.shape, dtype=torch.uint8)
+
+
+@torch.library.custom_op("amq::quantize_bucket", mutates_args=())
+def quantize_bucket(x: Tensor, bucket: int, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
+                    clip: Sequence[bool], shared_zero_point: int) -> Tensor:
+    """``quantize_rows`` with every row in bucket ``bucket``: one scale, one range (scalar kernels)."""
+    row_bucket = torch.full((x.shape[0],), bucket, dtype=torch.long, device=x.device)
+    return quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
+
+
+@quantize_bucket.register_fake
+def _(x: Tensor, bucket: int, act_scale: Tensor, act_zero_point: Tensor, act_qmax: Tensor,
+      clip: Sequence[bool], shared_zero_point: int) -> Tensor:
     return x.new_empty(x.shape, dtype=torch.uint8)
 
 
@@ -117,9 +134,9 @@ class IntegerForm(NamedTuple):
     bias: Tensor  # [out]
 
     @property
-    def clip(self) -> bool:
-        """Whether some bucket is narrower than 8 bits (its range must be clamped inside 0..255)."""
-        return bool((self.act_qmax < 255).any())
+    def clip(self) -> tuple[bool, ...]:
+        """Which buckets are narrower than 8 bits (their ranges must be clamped inside 0..255)."""
+        return tuple(bool(q < 255) for q in self.act_qmax)
 
     @property
     def shared_zero_point(self) -> int:
@@ -131,7 +148,7 @@ class IntegerForm(NamedTuple):
         fits = (shared - self.act_zero_point + self.act_qmax <= 255).all()
         return shared if bool(fits) else -1
 
-    def flags(self) -> tuple[bool, int]:
+    def flags(self) -> tuple[tuple[bool, ...], int]:
         """``(clip, shared_zero_point)``: the arguments ``bucketed_linear`` takes after the tensors."""
         return self.clip, self.shared_zero_point
 
@@ -170,28 +187,36 @@ def integer_form(layer: Any) -> IntegerForm:
     )
 
 
-def gathered_int_linear(form: IntegerForm, flags: tuple[bool, int], row_bucket: Tensor, h: Tensor,
-                        indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
+def gathered_int_linear(form: IntegerForm, flags: tuple[tuple[bool, ...], int], row_bucket: Tensor, h: Tensor,
+                        indices: Sequence[Tensor], rest: Tensor | None, bucket_counts: Tensor | None = None) -> Tensor:
     """``form`` on the rows ``cat([h[i] for i in indices] + [rest], -1)`` (bucket ``row_bucket[r]``), the same
     numbers computed in another order: ``h``'s N rows are quantized once per bucket and every row takes its
     bucket's copy of ``h[i]``, so the E-row gathers and the concatenation move uint8 instead of floats.
-    Needs one shared zero point (``flags``; else the plain way)."""
+    Needs one shared zero point (``flags``; else the plain way). ``bucket_counts`` as in ``bucketed_linear``."""
     clip, shared = flags
     if shared < 0:
-        return torch.ops.amq.bucketed_linear(gathered_rows(h, indices, rest), row_bucket, *form, *flags)
+        return torch.ops.amq.bucketed_linear(gathered_rows(h, indices, rest), row_bucket, *form, *flags,
+                                             bucket_counts=bucket_counts)
     act = (form.act_scale, form.act_zero_point, form.act_qmax)
     n = h.shape[0]
-    per_bucket = torch.cat([torch.ops.amq.quantize_rows(h, row_bucket.new_full((n,), k), *act, clip, shared)
+    per_bucket = torch.cat([torch.ops.amq.quantize_bucket(h, k, *act, clip, shared)
                             for k in range(form.act_scale.shape[0])])  # [K * N, in]: bucket k at k * N
-    rest = torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared) if rest is not None else None
+    rest = (torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared, bucket_counts=bucket_counts)
+            if rest is not None else None)
     rows = gathered_rows(per_bucket, [row_bucket * n + index for index in indices], rest)
     return torch.ops.amq.int_linear(rows, row_bucket, form.act_scale, form.weight_int_t, form.weight_scale,
                                     form.bias, shared)
 
 
+def counts_key(domain: str) -> str:
+    """Where ``BucketedIntLinear``'s ``buckets`` dict holds a domain's bucket sizes (rows sorted by bucket)."""
+    return f"{domain}_counts"
+
+
 class BucketedIntLinear(nn.Module):
     """A Linear in integer form (an ``AdaptiveQuantLinear`` frozen by ``integer_form``); reads its rows'
-    buckets from ``buckets[domain]``.
+    buckets from ``buckets[domain]``, and, where the rows are sorted by bucket, the bucket sizes from
+    ``buckets[counts_key(domain)]``.
 
     ``buckets`` is a dict shared by all layers of one model (the inference wrapper fills it before
     the main model runs), so the main model's code stays as it is.
@@ -209,13 +234,15 @@ class BucketedIntLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         y = torch.ops.amq.bucketed_linear(x.reshape(-1, self.in_features), self.buckets[self.domain],
-                                          *(getattr(self, name) for name in IntegerForm._fields), *self.flags)
+                                          *(getattr(self, name) for name in IntegerForm._fields), *self.flags,
+                                          bucket_counts=self.buckets.get(counts_key(self.domain)))
         return y.reshape(*lead, self.out_features)
 
     def gathered(self, h: Tensor, indices: Sequence[Tensor], rest: Tensor | None) -> Tensor:
         """``self(cat([h[i] for i in indices] + [rest], -1))`` (``models.gathered_linear``): ``gathered_int_linear``."""
         form = IntegerForm(*(getattr(self, name) for name in IntegerForm._fields))
-        return gathered_int_linear(form, self.flags, self.buckets[self.domain], h, indices, rest)
+        return gathered_int_linear(form, self.flags, self.buckets[self.domain], h, indices, rest,
+                                   self.buckets.get(counts_key(self.domain)))
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, domain={self.domain}, in={self.in_features}, out={self.out_features}"

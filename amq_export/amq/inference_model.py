@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from amq_export.amq.allocation import allocate_levels_traceable, edge_bits, node_item_costs
 from amq_export.amq.auxiliary import macs_from_rows
-from amq_export.amq.bucketed_linear import BucketedIntLinear, integer_form
+from amq_export.amq.bucketed_linear import BucketedIntLinear, counts_key, integer_form
 from amq_export.amq.cost import aux_bops
 from amq_export.amq.model import AMQModel
 from amq_export.amq.quant_linear import AdaptiveQuantLinear
@@ -127,6 +127,10 @@ class AMQInferenceModel(nn.Module):
         else:
             sorted_levels, edge_levels = node_levels, unsorted_edge_levels
         self.buckets.update(node=sorted_levels, edge=edge_levels, cluster=sorted_cluster_levels)
+        if self.sort_rows:  # each domain's rows are now one contiguous segment per bucket: their sizes
+            options = torch.arange(len(self.options), device=x.device)
+            self.buckets.update({counts_key(domain): (self.buckets[domain].unsqueeze(1) == options).sum(0)
+                                 for domain in ("node", "edge", "cluster")})
         extra = {"clusters": clusters} if clusters is not None else {}
         pred = self.main.forward_tensors(x, pos, edge_index, None, variables, node_type, **extra)
         if self.sort_rows:
