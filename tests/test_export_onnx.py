@@ -59,8 +59,9 @@ def test_graph_is_checked_documented_and_dynamic(exported):
     assert inputs["edge_index"].type.tensor_type.shape.dim[1].dim_param == "num_edges"
     assert [o.name for o in model.graph.output] == ["pred", "node_bits", "edge_bits"]
     ops = Counter(node.op_type for node in model.graph.node)
-    # every quantized Linear is one integer GEMM; the allocation and the bucket sort are in the graph
-    assert ops["MatMulInteger"] == len(qmodel.layers)
+    # every quantized Linear is one integer GEMM per bucket segment; the allocation and the bucket sort
+    # are in the graph
+    assert ops["MatMulInteger"] == len(qmodel.layers) * len(qmodel.amq_config.bits)
     assert ops["TopK"] >= 3 and ops["CumSum"] >= 1
     meta = read_meta(model)
     assert meta["bits"] == list(qmodel.amq_config.bits) and len(meta["layers"]) == len(qmodel.layers)
@@ -69,9 +70,10 @@ def test_graph_is_checked_documented_and_dynamic(exported):
 def test_ort_target_runs_integer_kernels(exported):
     qmodel, result, _, _ = exported
     ops = Counter(node.op_type for node in onnx.load(str(result.optimized_path)).graph.node)
-    assert ops["MatMulIntegerToFloat"] == len(qmodel.layers)
+    segments = len(qmodel.layers) * len(qmodel.amq_config.bits)
+    assert ops["MatMulIntegerToFloat"] == segments  # scale and bias in the kernel: no Add after it
     assert ops["MatMulInteger"] == 0 and ops["MatMul"] == 0
-    assert result.rewrites["MatMulIntegerToFloat"] == len(qmodel.layers)
+    assert result.rewrites["MatMulIntegerToFloat"] == segments
 
 
 @pytest.mark.parametrize("which", [2, 3])

@@ -1,7 +1,8 @@
 """The ONNX lowering of the integer Linear ops, on hand-made integer forms: ONNX Runtime computes the
-PyTorch ops' numbers bit for bit, with one shared activation zero point (fused into
-``MatMulIntegerToFloat`` for the ``ort`` target) and without one (per-row zero points, corrected in
-int32), and for edge rows of gathered node rows quantized before the gather."""
+PyTorch ops' numbers bit for bit, for rows sorted by bucket (one segment per bucket, each one
+``MatMulIntegerToFloat`` for the ``ort`` target) and rows in any order (per-row parameters, with one
+shared activation zero point and without one), and for edge rows of gathered node rows quantized before
+the gather."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def _export(form: IntegerForm, x: Tensor, row_bucket: Tensor, segments: bool = F
     ((7,), (8,), 7),  # uniform 8 bits: no clamp at all
 ])
 def test_lowering_matches_the_op_bit_for_bit(zero_points, bits, shared) -> None:
+    """Rows in any order: per-row parameters (one bucket: scalar ones, as a single segment)."""
     form = _form(zero_points, bits)
     assert form.shared_zero_point == shared
     gen = torch.Generator().manual_seed(1)
@@ -65,7 +67,8 @@ def test_lowering_matches_the_op_bit_for_bit(zero_points, bits, shared) -> None:
     expected = form(x, row_bucket).numpy()
     model = _export(form, x[:7], row_bucket[:7])
     fused, changes = apply_rules(model, "ort")
-    assert changes.get("MatMulIntegerToFloat", 0) == (1 if shared >= 0 else 0)
+    one_bucket = len(bits) == 1  # one segment, scalar parameters: the fused kernel takes scale and bias
+    assert changes.get("MatMulIntegerToFloat", 0) == int(one_bucket)
     feeds = {"x": x.numpy(), "row_bucket": row_bucket.numpy()}
     for graph in (model, fused):
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -73,6 +76,7 @@ def test_lowering_matches_the_op_bit_for_bit(zero_points, bits, shared) -> None:
     ops = Counter(node.op_type for node in model.graph.node)
     narrow = bits[0] < 8  # a narrow bucket is clamped at its top, and from below where it is shifted
     assert (ops["Min"], ops["Max"]) == (int(narrow), int(narrow and shared >= 0))
+    assert ops["QuantizeLinear"] == 1
 
 
 @pytest.mark.parametrize(("zero_points", "bits"), [((2, 40), (4, 8)), ((15, 3), (4, 8)), ((2, 40, 9), (3, 8, 4)),
@@ -90,8 +94,10 @@ def test_sorted_rows_quantize_per_segment_bit_for_bit(zero_points, bits, rows) -
     ops = Counter(node.op_type for node in model.graph.node)
     assert (ops["Min"], ops["Max"]) == (0, 0)
     assert (ops["QuantizeLinear"], ops["Clip"]) == (len(bits), sum(b < 8 for b in bits))
+    fused, changes = apply_rules(model, "ort")
+    assert changes.get("MatMulIntegerToFloat") == len(bits) and changes["Add"] == -len(bits)  # bias in the kernel
     feeds = {"x": x.numpy(), "row_bucket": row_bucket.numpy()}
-    for graph in (model, apply_rules(model, "ort")[0]):
+    for graph in (model, fused):
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
 

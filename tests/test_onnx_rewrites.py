@@ -15,22 +15,23 @@ from onnx import helper as h
 from passes.onnx import apply_rules
 
 
-def _integer_gemm_graph(zero_point_shape: list | None = None) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
+def _integer_gemm_graph(zero_point_shape: list | None = None, row_scale: bool = False) -> onnx.ModelProto:
+    """What one bucket's segment lowers to: one per-column scale, then the bias (``row_scale``: a further
+    per-row scale in between, as rows in any order take)."""
+    rng = np.random.default_rng(2)
     weight = h.make_tensor("w", T.INT8, [6, 4], rng.integers(-127, 128, (6, 4)).astype(np.int8).tobytes(), raw=True)
-    w_scale = h.make_tensor("t", T.FLOAT, [4], rng.random(4, dtype=np.float32))
+    scale = h.make_tensor("t", T.FLOAT, [4], rng.random(4, dtype=np.float32) * 0.01)
+    bias = h.make_tensor("b", T.FLOAT, [4], rng.standard_normal(4).astype(np.float32))
     inputs = ["a", "w"] + (["zp"] if zero_point_shape is not None else [])
-    nodes = [
-        h.make_node("MatMulInteger", inputs, ["acc"]),
-        h.make_node("Cast", ["acc"], ["accf"], to=T.FLOAT),
-        h.make_node("Mul", ["accf", "t"], ["y0"]),
-        h.make_node("Mul", ["y0", "s"], ["y"]),
-    ]
-    zero_point = h.make_tensor("zp", T.UINT8, zero_point_shape or [], [3] * int(np.prod(zero_point_shape or [])))
-    inits = [weight, w_scale] + ([zero_point] if zero_point_shape is not None else [])
-    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", T.UINT8, ["m", 6]),
-                                      h.make_tensor_value_info("s", T.FLOAT, ["m", 1])],
-                         [h.make_tensor_value_info("y", T.FLOAT, ["m", 4])], initializer=inits)
+    nodes = [h.make_node("MatMulInteger", inputs, ["acc"]), h.make_node("Cast", ["acc"], ["accf"], to=T.FLOAT),
+             h.make_node("Mul", ["accf", "t"], ["y0"])]
+    nodes += [h.make_node("Mul", ["y0", "s"], ["y1"]), h.make_node("Add", ["y1", "b"], ["y"])] if row_scale else [
+        h.make_node("Add", ["y0", "b"], ["y"])]
+    zero_point = h.make_tensor("zp", T.UINT8, zero_point_shape or [], [77] * int(np.prod(zero_point_shape or [])))
+    inits = [weight, scale, bias] + ([zero_point] if zero_point_shape is not None else [])
+    inputs = [h.make_tensor_value_info("a", T.UINT8, ["m", 6])]
+    inputs += [h.make_tensor_value_info("s", T.FLOAT, ["m", 1])] if row_scale else []
+    graph = h.make_graph(nodes, "g", inputs, [h.make_tensor_value_info("y", T.FLOAT, ["m", 4])], initializer=inits)
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
 
 
@@ -40,19 +41,19 @@ def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("zero_point_shape", [None, [], [1]])
-def test_fuse_matmul_integer_to_float_keeps_per_row_scales(zero_point_shape):
+def test_fuse_matmul_integer_to_float_takes_scale_and_bias(zero_point_shape):
     model = _integer_gemm_graph(zero_point_shape)
     fused, changes = apply_rules(model, "ort")
-    ops = Counter((node.domain, node.op_type) for node in fused.graph.node)
-    assert ops == {("com.microsoft", "MatMulIntegerToFloat"): 1}
-    assert changes == {"MatMulInteger": -1, "Cast": -1, "Mul": -2, "MatMulIntegerToFloat": 1}
-    rng = np.random.default_rng(1)
-    feeds = {"a": rng.integers(0, 256, (5, 6)).astype(np.uint8), "s": rng.random((5, 1), dtype=np.float32)}
+    assert [(node.domain, node.op_type) for node in fused.graph.node if node.op_type != "Constant"] == [
+        ("com.microsoft", "MatMulIntegerToFloat")]
+    assert changes["Add"] == -1 and changes["MatMulIntegerToFloat"] == 1
+    feeds = {"a": np.random.default_rng(3).integers(0, 256, (50, 6)).astype(np.uint8)}
     np.testing.assert_array_equal(_run(fused, feeds), _run(model, feeds))  # bit for bit
 
 
-def test_fuse_leaves_a_gemm_with_per_row_zero_points_alone():
-    fused, changes = apply_rules(_integer_gemm_graph(zero_point_shape=[5]), "ort")
+@pytest.mark.parametrize(("zero_point_shape", "row_scale"), [([5], False), (None, True)])
+def test_fuse_leaves_per_row_zero_points_and_scales_alone(zero_point_shape, row_scale):
+    fused, changes = apply_rules(_integer_gemm_graph(zero_point_shape, row_scale), "ort")
     assert changes == {} and "MatMulIntegerToFloat" not in {node.op_type for node in fused.graph.node}
 
 

@@ -5,10 +5,10 @@ scale, zero point and range, ``q_r = clamp(round(x_r / s_k + z_k), 0, qmax_k)`` 
 operations of Brevitas' activation quantizers, so the two agree bit for bit); all rows then share one
 int8 weight with per-output-channel scales ``t``:
 
-    y_r = s_k * t * (q_r - z_k) @ W_int^T + bias
+    y_r = ((q_r - z_k) @ W_int^T) * (t * s_k) + bias
 
-computed as one exact integer GEMM of the centered integers ``(q - z) @ W_int^T``, scaled per row and
-column, plus the bias. ``torch.ops.amq.bucketed_linear`` is this computation as a custom op,
+computed as one exact integer GEMM of the centered integers ``(q - z) @ W_int^T``, times the bucket's
+per-column scale ``t * s_k``, plus the bias. ``torch.ops.amq.bucketed_linear`` is this computation as a custom op,
 so that ``torch.export`` keeps it as one node; ``amq_export.export`` lowers that node to ONNX
 integer kernels. :class:`BucketedIntLinear` runs a trained ``AdaptiveQuantLinear`` frozen into it (``integer_form``).
 """
@@ -42,8 +42,10 @@ def _centered(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: 
 
 def _scaled_gemm(centered: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor,
                  weight_scale: Tensor, bias: Tensor) -> Tensor:
-    """``(centered @ W_int) * t * s_row + bias`` with the integer GEMM exact: float32 on blocks of at most
-    ``EXACT_FLOAT32_COLUMNS`` inputs, blocks summed in float64 (exact too) and rounded once."""
+    """``(centered @ W_int) * (t * s_row) + bias`` with the integer GEMM exact: float32 on blocks of at most
+    ``EXACT_FLOAT32_COLUMNS`` inputs, blocks summed in float64 (exact too) and rounded once. ``t * s_k`` is
+    one per-column scale per bucket, the order of ONNX Runtime's ``MatMulIntegerToFloat`` with a scalar
+    activation scale, so that each bucket's segment runs as one such kernel, bias included."""
     weight = weight_int_t.float()
     columns = centered.shape[1]
     if columns <= EXACT_FLOAT32_COLUMNS:
@@ -51,8 +53,8 @@ def _scaled_gemm(centered: Tensor, row_bucket: Tensor, act_scale: Tensor, weight
     else:
         acc = sum((centered[:, i:i + EXACT_FLOAT32_COLUMNS] @ weight[i:i + EXACT_FLOAT32_COLUMNS]).double()
                   for i in range(0, columns, EXACT_FLOAT32_COLUMNS)).float()
-    scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
-    return acc.mul_(weight_scale).mul_(scale).add_(bias)  # the order of ONNX Runtime's MatMulIntegerToFloat
+    scales = act_scale.unsqueeze(1) * weight_scale  # [K, out]: t * s_k, rounded once
+    return acc.mul_(scales[0] if len(scales) == 1 else scales.index_select(0, row_bucket)).add_(bias)
 
 
 @torch.library.custom_op("amq::bucketed_linear", mutates_args=())
@@ -69,8 +71,8 @@ def bucketed_linear(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_p
     integer range, shifted to ``Z``, ``[Z - z_k, Z - z_k + qmax_k]``, fits in 0..255: then all rows
     quantize with the one zero point ``Z`` and the GEMM takes it as a scalar (``-1``: no such ``Z``).
     ``bucket_counts`` [K] promises that the rows are sorted by bucket, bucket ``k`` being the next
-    ``bucket_counts[k]`` rows: then each bucket's contiguous segment is quantized with scalar parameters
-    (vectorised) instead of every row with its own (``None``: rows in any order)."""
+    ``bucket_counts[k]`` rows: then each bucket's contiguous segment is quantized and multiplied with
+    scalar parameters (vectorised kernels) instead of every row with its own (``None``: rows in any order)."""
     centered = _centered(x, row_bucket, act_scale, act_zero_point, act_qmax)
     return _scaled_gemm(centered, row_bucket, act_scale, weight_int_t, weight_scale, bias)
 
@@ -112,14 +114,14 @@ def _(x: Tensor, bucket: int, act_scale: Tensor, act_zero_point: Tensor, act_qma
 
 @torch.library.custom_op("amq::int_linear", mutates_args=())
 def int_linear(q: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor, weight_scale: Tensor,
-               bias: Tensor, shared_zero_point: int) -> Tensor:
+               bias: Tensor, shared_zero_point: int, bucket_counts: Tensor | None = None) -> Tensor:
     """The second half: the GEMM of ``quantize_rows``' uint8 rows around ``Z``, scaled, plus the bias."""
     return _scaled_gemm(q.float().sub_(shared_zero_point), row_bucket, act_scale, weight_int_t, weight_scale, bias)
 
 
 @int_linear.register_fake
 def _(q: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor, weight_scale: Tensor,
-      bias: Tensor, shared_zero_point: int) -> Tensor:
+      bias: Tensor, shared_zero_point: int, bucket_counts: Tensor | None = None) -> Tensor:
     return q.new_empty(q.shape[0], weight_int_t.shape[1], dtype=torch.float32)
 
 
@@ -205,7 +207,7 @@ def gathered_int_linear(form: IntegerForm, flags: tuple[tuple[bool, ...], int], 
             if rest is not None else None)
     rows = gathered_rows(per_bucket, [row_bucket * n + index for index in indices], rest)
     return torch.ops.amq.int_linear(rows, row_bucket, form.act_scale, form.weight_int_t, form.weight_scale,
-                                    form.bias, shared)
+                                    form.bias, shared, bucket_counts=bucket_counts)
 
 
 def counts_key(domain: str) -> str:

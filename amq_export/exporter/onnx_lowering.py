@@ -1,20 +1,22 @@
 """How the graph's non-standard torch ops become ONNX (translations for ``torch.onnx.export``).
 
-- ``amq::bucketed_linear`` -> the rows quantized to uint8 by ``QuantizeLinear``, ``sat(round(x / s) + z)``:
-  the same integers as Brevitas' ``clamp(round(x / s + z), 0, qmax)`` for integer ``z`` once the range is
-  clamped in uint8 (checked bit for bit in ONNX Runtime); one ``MatMulInteger`` against the int8
-  weight, then ``acc * t * s_row + bias``. Rows sorted by bucket (``bucket_counts`` given, DESIGN item 8)
-  are split into one segment per bucket, each quantized with its bucket's scalar scale and clamped by a
-  scalar ``Clip`` only where the bucket is narrow, then concatenated: vectorised kernels, where rows in
-  any order take a per-row ``QuantizeLinear`` (axis 0) and per-row ``Max``/``Min`` bounds, which ONNX
-  Runtime runs row by row (on a 3-column tensor of 300k edge rows as slowly as on a 64-column one). ONNX Runtime's integer GEMMs take one scalar activation zero point, so
-  where the buckets allow (``shared_zero_point``) every row is quantized around the same zero point
-  and clamped to its bucket's shifted range in uint8; the GEMM subtracts it and the ``ort`` target
-  fuses it all into ``MatMulIntegerToFloat``. Otherwise each row keeps its own zero point and the
-  GEMM's int32 result is corrected by ``z * colsum(W_int)`` (exact, but two more passes over it).
+- ``amq::bucketed_linear``, rows sorted by bucket (``bucket_counts`` given, DESIGN item 8; or one bucket):
+  one segment per bucket (``Slice``), quantized to uint8 by ``QuantizeLinear`` with the bucket's scalar
+  scale and zero point, ``sat(round(x / s) + z)``: the same integers as Brevitas'
+  ``clamp(round(x / s + z), 0, qmax)`` for integer ``z`` once a narrow bucket is clamped by a scalar
+  ``Clip``; then ``MatMulInteger(q, W_int, z_k)``, times the bucket's per-column scale ``t * s_k``, plus the
+  bias, which the ``ort`` target fuses into one ``MatMulIntegerToFloat`` per bucket; the segments'
+  outputs concatenated. Every step is a vectorised kernel: ONNX Runtime runs per-row parameters row by
+  row (a per-row ``QuantizeLinear`` of 300k edge rows costs as much at 3 columns as at 64), and its
+  ``MatMulIntegerToFloat`` with [M, 1] scales is slower and cannot take the bias (measured).
+- Rows in any order (``bucket_counts`` not given; export with ``sort_rows=False``) take the per-row way:
+  ``QuantizeLinear`` (axis 0) with each row's scale, per-row ``Max``/``Min`` bounds, and every row's
+  scales gathered after the GEMM; one shared zero point where the buckets allow (``shared_zero_point``),
+  else per-row zero points, corrected in int32 by ``z * colsum(W_int)``.
 - ``amq::quantize_rows`` and ``amq::int_linear``, the two halves of the shared-zero-point case (used
-  where a layer's rows are gathered node rows, ``BucketedIntLinear.gathered``), lower alike;
-  ``amq::quantize_bucket`` (the node rows' copy at one bucket) is one scalar segment.
+  where a layer's rows are gathered node rows, ``BucketedIntLinear.gathered``), lower alike, segment by
+  segment where counts are given; ``amq::quantize_bucket`` (the node rows' copy at one bucket) is one
+  scalar segment.
 - ``aten.sort.stable`` -> ``TopK`` over the whole axis; ONNX breaks ``TopK`` ties by the lower
   index, which is what a stable sort does.
 """
@@ -34,54 +36,73 @@ def _per_row_uint8(values, row_bucket):  # [K] float integers -> [R, 1] uint8
     return op.Unsqueeze(op.Gather(op.Cast(values, to=UINT8.dtype), row_bucket, axis=0), op.Constant(value_ints=[1]))
 
 
-def _scaled(acc, row_bucket, act_scale, weight_scale, bias):  # int32 [R, out] -> acc * t * s_row + bias
-    row_scale = op.Unsqueeze(op.Gather(act_scale, row_bucket, axis=0), op.Constant(value_ints=[1]))
-    return op.Add(op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), weight_scale), row_scale), bias)
+def _uint8(value):
+    return op.Cast(value, to=UINT8.dtype)
 
 
 def _shared(shared_zero_point: int):
-    return op.Cast(op.Constant(value_int=shared_zero_point), to=UINT8.dtype)
+    return _uint8(op.Constant(value_int=shared_zero_point))
+
+
+def _bucket(values, k: int):  # [K] -> the scalar of bucket k
+    return op.Gather(values, op.Constant(value_int=k), axis=0)
+
+
+def _bucket_count(act_scale) -> int:
+    """K, from the static shape of a per-bucket parameter."""
+    return int(act_scale.shape[0])
+
+
+def _split_rows(x, bucket_counts, buckets: int) -> list:
+    """Rows sorted by bucket -> one tensor per bucket (``bucket_counts[k]`` rows; one bucket needs no counts).
+    Slices, not Split: the exporter's graph builder wants Split's outputs counted by an attribute."""
+    if buckets == 1:
+        return [x]
+    ends = op.CumSum(bucket_counts, op.Constant(value_int=0))
+    starts, axes = op.Sub(ends, bucket_counts), op.Constant(value_ints=[0])
+    return [op.Slice(x, op.Slice(starts, [k], [k + 1]), op.Slice(ends, [k], [k + 1]), axes) for k in range(buckets)]
+
+
+def _concat_rows(parts: list):
+    return op.Concat(*parts, axis=0) if len(parts) > 1 else parts[0]
 
 
 def _quantize_bucket(x, k: int, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int):
-    """Every row of ``x`` quantized at bucket ``k`` to uint8 (``Z`` as zero point where shared), clamped to
-    the bucket's integers (``Z - z_k .. Z - z_k + qmax_k``, or ``0 .. qmax_k``) where ``clip[k]``."""
-    index = op.Constant(value_int=k)
-    scale, zero_point = op.Gather(act_scale, index, axis=0), op.Gather(act_zero_point, index, axis=0)
+    """Every row of ``x`` quantized at bucket ``k`` to uint8 (``Z`` as zero point where shared, else ``z_k``),
+    clamped to the bucket's integers (``Z - z_k .. Z - z_k + qmax_k``, or ``0 .. qmax_k``) where ``clip[k]``."""
     if shared_zero_point >= 0:
-        low = op.Sub(op.Constant(value_float=float(shared_zero_point)), zero_point)
-        q = op.QuantizeLinear(x, scale, _shared(shared_zero_point))
+        low = op.Sub(op.Constant(value_float=float(shared_zero_point)), _bucket(act_zero_point, k))
+        q = op.QuantizeLinear(x, _bucket(act_scale, k), _shared(shared_zero_point))
     else:
         low = op.Constant(value_float=0.0)
-        q = op.QuantizeLinear(x, scale, op.Cast(zero_point, to=UINT8.dtype))
+        q = op.QuantizeLinear(x, _bucket(act_scale, k), _uint8(_bucket(act_zero_point, k)))
     if clip[k]:
-        high = op.Add(low, op.Gather(act_qmax, index, axis=0))
-        q = op.Clip(q, op.Cast(low, to=UINT8.dtype), op.Cast(high, to=UINT8.dtype))
+        q = op.Clip(q, _uint8(low), _uint8(op.Add(low, _bucket(act_qmax, k))))
     return q
+
+
+def _gemm_bucket(q, k: int, zero_point, act_scale, weight_int_t, weight_scale, bias):
+    """uint8 rows of bucket ``k`` around ``zero_point`` -> ``acc * (t * s_k) + bias``: one
+    ``MatMulIntegerToFloat`` with the bias once the ``ort`` rules have run."""
+    acc = op.Cast(op.MatMulInteger(q, weight_int_t, zero_point), to=FLOAT.dtype)
+    return op.Add(op.Mul(acc, op.Mul(weight_scale, _bucket(act_scale, k))), bias)
+
+
+def _scaled_rows(acc, row_bucket, act_scale, weight_scale, bias):
+    """int32 [R, out] of rows in any order -> ``acc * (t * s_row) + bias`` (every row's scales gathered)."""
+    scales = op.Mul(op.Unsqueeze(act_scale, op.Constant(value_ints=[1])), weight_scale)  # [K, out]
+    return op.Add(op.Mul(op.Cast(acc, to=FLOAT.dtype), op.Gather(scales, row_bucket, axis=0)), bias)
 
 
 def quantize_bucket(x, bucket: int, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int):
     return _quantize_bucket(x, bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
 
 
-def _segments(x, bucket_counts, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int):
-    """Rows sorted by bucket -> uint8: bucket k's segment (``bucket_counts[k]`` rows) quantized at bucket k."""
-    if len(clip) > 1:  # Slice, not Split: the exporter's graph builder wants Split's outputs counted by an attribute
-        ends = op.CumSum(bucket_counts, op.Constant(value_int=0))
-        starts, axes = op.Sub(ends, bucket_counts), op.Constant(value_ints=[0])
-        parts = [op.Slice(x, op.Slice(starts, [k], [k + 1]), op.Slice(ends, [k], [k + 1]), axes)
-                 for k in range(len(clip))]
-    else:
-        parts = [x]
-    quantized = [_quantize_bucket(part, k, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
-                 for k, part in enumerate(parts)]
-    return op.Concat(*quantized, axis=0) if len(quantized) > 1 else quantized[0]
-
-
 def quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int,
                   bucket_counts=None):
-    if bucket_counts is not None:
-        return _segments(x, bucket_counts, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
+    if bucket_counts is not None or len(clip) == 1:
+        return _concat_rows([_quantize_bucket(part, k, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
+                             for k, part in enumerate(_split_rows(x, bucket_counts, len(clip)))])
     scale = op.Gather(act_scale, row_bucket, axis=0)  # [R]
     q = op.QuantizeLinear(x, scale, op.Expand(_shared(shared_zero_point), op.Shape(scale)), axis=0)
     if any(clip):  # bucket k's integers, shifted to the shared zero point: Z - z_k .. Z - z_k + qmax_k
@@ -90,27 +111,34 @@ def quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shar
     return q
 
 
-def int_linear(q, row_bucket, act_scale, weight_int_t, weight_scale, bias, shared_zero_point: int):
+def int_linear(q, row_bucket, act_scale, weight_int_t, weight_scale, bias, shared_zero_point: int,
+               bucket_counts=None):
+    buckets = _bucket_count(act_scale)
+    if bucket_counts is not None or buckets == 1:
+        return _concat_rows([_gemm_bucket(part, k, _shared(shared_zero_point), act_scale, weight_int_t, weight_scale, bias)
+                             for k, part in enumerate(_split_rows(q, bucket_counts, buckets))])
     acc = op.MatMulInteger(q, weight_int_t, _shared(shared_zero_point))
-    return _scaled(acc, row_bucket, act_scale, weight_scale, bias)
+    return _scaled_rows(acc, row_bucket, act_scale, weight_scale, bias)
 
 
 def bucketed_linear(x, row_bucket, act_scale, act_zero_point, act_qmax, weight_int_t, weight_scale, bias,
                     clip, shared_zero_point: int, bucket_counts=None):
+    if bucket_counts is not None or len(clip) == 1:  # per segment: each bucket with its own zero point
+        return _concat_rows([
+            _gemm_bucket(_quantize_bucket(part, k, act_scale, act_zero_point, act_qmax, clip, -1), k,
+                         _uint8(_bucket(act_zero_point, k)), act_scale, weight_int_t, weight_scale, bias)
+            for k, part in enumerate(_split_rows(x, bucket_counts, len(clip)))])
     if shared_zero_point >= 0:
-        q = quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point, bucket_counts)
+        q = quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
         return int_linear(q, row_bucket, act_scale, weight_int_t, weight_scale, bias, shared_zero_point)
-    zero_point = op.Gather(op.Cast(act_zero_point, to=UINT8.dtype), row_bucket, axis=0)
-    if bucket_counts is not None:
-        q = _segments(x, bucket_counts, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
-    else:
-        q = op.QuantizeLinear(x, op.Gather(act_scale, row_bucket, axis=0), zero_point, axis=0)
-        if any(clip):
-            q = op.Min(q, _per_row_uint8(act_qmax, row_bucket))
+    zero_point = op.Gather(_uint8(act_zero_point), row_bucket, axis=0)
+    q = op.QuantizeLinear(x, op.Gather(act_scale, row_bucket, axis=0), zero_point, axis=0)
+    if any(clip):
+        q = op.Min(q, _per_row_uint8(act_qmax, row_bucket))
     colsum = op.ReduceSum(op.Cast(weight_int_t, to=INT32.dtype), op.Constant(value_ints=[0]), keepdims=0)
     zero_point = op.Cast(op.Unsqueeze(zero_point, op.Constant(value_ints=[1])), to=INT32.dtype)
     acc = op.Sub(op.MatMulInteger(q, weight_int_t), op.Mul(zero_point, colsum))
-    return _scaled(acc, row_bucket, act_scale, weight_scale, bias)
+    return _scaled_rows(acc, row_bucket, act_scale, weight_scale, bias)
 
 
 def sort_stable(x, stable=None, dim=-1, descending=False):
