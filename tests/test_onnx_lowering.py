@@ -20,9 +20,9 @@ from amq_export.models.gathered_linear import gathered_linear
 from passes.onnx import apply_rules
 
 
-def _form(zero_points: tuple[int, ...], bits: tuple[int, ...], seed: int = 0) -> IntegerForm:
+def _form(zero_points: tuple[int, ...], bits: tuple[int, ...], seed: int = 0, in_features: int = 24,
+          out_features: int = 8) -> IntegerForm:
     gen = torch.Generator().manual_seed(seed)
-    in_features, out_features = 24, 8
     return IntegerForm(
         act_scale=torch.rand(len(bits), generator=gen) * 0.1 + 0.01,
         act_zero_point=torch.tensor(zero_points, dtype=torch.float32),
@@ -146,3 +146,51 @@ def test_gathered_rows_quantize_before_the_gather_bit_for_bit(zero_points, bits,
     for graph in (model, apply_rules(model, "ort")[0]):
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(session.run(None, feeds)[0], got.numpy())
+
+
+class _SegmentMLP(nn.Module):
+    """Linear, SiLU, Linear on rows sorted by bucket, as a frozen MLP runs; ``expose`` also returns the hidden
+    rows (then they are needed whole)."""
+
+    def __init__(self, first: IntegerForm, second: IntegerForm, expose: bool) -> None:
+        super().__init__()
+        self.buckets: dict[str, Tensor] = {}
+        self.first = BucketedIntLinear(first, self.buckets, "first", "edge")
+        self.second = BucketedIntLinear(second, self.buckets, "second", "edge")
+        self.expose = expose
+
+    def forward(self, x: Tensor, row_bucket: Tensor) -> tuple[Tensor, ...]:
+        self.buckets["edge"] = row_bucket
+        self.buckets[counts_key("edge")] = (row_bucket.unsqueeze(1) == torch.arange(len(self.first.flags[0]))).sum(0)
+        hidden = torch.nn.functional.silu(self.first(x))
+        return (self.second(hidden), hidden) if self.expose else (self.second(hidden),)
+
+
+@pytest.mark.parametrize("expose", [False, True])
+def test_mlp_on_segments_skips_the_concat_between_its_linears(expose) -> None:
+    """``skip_segment_concat`` (an "onnx" pass): the second Linear takes the first's segments as they are,
+    through the SiLU, instead of slicing their concatenation; not where the hidden rows are needed whole."""
+    bits = (4, 8, 3)
+    layer = _SegmentMLP(_form((2, 40, 9), bits), _form((3, 50, 1), bits, seed=1, in_features=8, out_features=5),
+                        expose).eval()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(200, 24, generator=gen) * 3
+    row_bucket = torch.randint(0, len(bits), (200,), generator=gen).sort().values
+    expected = [t.numpy() for t in layer(x, row_bucket)]
+    rows = torch.export.Dim("rows")
+    model = torch.onnx.export(layer, (x[:9], row_bucket[:9]), dynamo=True, opset_version=OPSET,
+                              input_names=["x", "row_bucket"], dynamic_shapes=({0: rows}, {0: rows}),
+                              custom_translation_table=translation_table(), verbose=False).model_proto
+    rewritten, changes = apply_rules(model, "onnx")
+    if expose:
+        assert "Concat" not in changes and "Slice" not in changes
+    else:  # one concatenation and K slices fewer; the SiLU runs per segment
+        assert changes["Concat"] == -1 and changes["Slice"] == -len(bits) and changes["Sigmoid"] == len(bits) - 1
+    feeds = {"x": x.numpy(), "row_bucket": row_bucket.numpy()}
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, want in zip(plain, expected):  # ONNX Runtime's Sigmoid is not PyTorch's to the last bit
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for graph in (rewritten, apply_rules(rewritten, "ort")[0]):  # the pass changes no number
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        for got, want in zip(session.run(None, feeds), plain):
+            np.testing.assert_array_equal(got, want)
