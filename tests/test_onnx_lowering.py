@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import Tensor, nn
+from torch_geometric.utils import scatter
 
 from amq_export.amq.bucketed_linear import BucketedIntLinear, IntegerForm, counts_key
 from amq_export.exporter.onnx_lowering import OPSET, translation_table
@@ -159,34 +160,41 @@ class _SegmentMLP(nn.Module):
         self.second = BucketedIntLinear(second, self.buckets, "second", "edge")
         self.expose = expose
 
-    def forward(self, x: Tensor, row_bucket: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, x: Tensor, row_bucket: Tensor, target: Tensor) -> tuple[Tensor, ...]:
         self.buckets["edge"] = row_bucket
         self.buckets[counts_key("edge")] = (row_bucket.unsqueeze(1) == torch.arange(len(self.first.flags[0]))).sum(0)
         hidden = torch.nn.functional.silu(self.first(x))
-        return (self.second(hidden), hidden) if self.expose else (self.second(hidden),)
+        messages = torch.nn.functional.silu(self.second(hidden))
+        summed = scatter(messages, target, dim=0, dim_size=7, reduce="sum")  # as message passing aggregates
+        return (summed, hidden) if self.expose else (summed,)
 
 
 @pytest.mark.parametrize("expose", [False, True])
 def test_mlp_on_segments_skips_the_concat_between_its_linears(expose) -> None:
     """``skip_segment_concat`` (an "onnx" pass): the second Linear takes the first's segments as they are,
-    through the SiLU, instead of slicing their concatenation; not where the hidden rows are needed whole."""
+    through the SiLU, instead of slicing their concatenation, and its segments are scatter-added one by
+    one; not where the hidden rows are needed whole."""
     bits = (4, 8, 3)
     layer = _SegmentMLP(_form((2, 40, 9), bits), _form((3, 50, 1), bits, seed=1, in_features=8, out_features=5),
                         expose).eval()
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(200, 24, generator=gen) * 3
     row_bucket = torch.randint(0, len(bits), (200,), generator=gen).sort().values
-    expected = [t.numpy() for t in layer(x, row_bucket)]
+    target = torch.randint(0, 7, (200,), generator=gen)
+    expected = [t.numpy() for t in layer(x, row_bucket, target)]
     rows = torch.export.Dim("rows")
-    model = torch.onnx.export(layer, (x[:9], row_bucket[:9]), dynamo=True, opset_version=OPSET,
-                              input_names=["x", "row_bucket"], dynamic_shapes=({0: rows}, {0: rows}),
+    model = torch.onnx.export(layer, (x[:9], row_bucket[:9], target[:9]), dynamo=True, opset_version=OPSET,
+                              input_names=["x", "row_bucket", "target"], dynamic_shapes=({0: rows},) * 3,
                               custom_translation_table=translation_table(), verbose=False).model_proto
     rewritten, changes = apply_rules(model, "onnx")
-    if expose:
-        assert "Concat" not in changes and "Slice" not in changes
-    else:  # one concatenation and K slices fewer; the SiLU runs per segment
-        assert changes["Concat"] == -1 and changes["Slice"] == -len(bits) and changes["Sigmoid"] == len(bits) - 1
-    feeds = {"x": x.numpy(), "row_bucket": row_bucket.numpy()}
+    assert changes.get("ScatterND") == len(bits)  # one per segment (the element-wise scatter became ScatterND)
+    def segment_concats(graph) -> int:
+        return sum(node.op_type == "Concat" and len(node.input) == len(bits) for node in graph.graph.node)
+
+    # both Linears' concatenations go; with the hidden rows exposed, only the second's (scatter-added per segment)
+    assert (segment_concats(model), segment_concats(rewritten)) == (2, int(expose))
+    assert changes["Sigmoid"] == (len(bits) - 1) * (1 + (not expose))
+    feeds = {"x": x.numpy(), "row_bucket": row_bucket.numpy(), "target": target.numpy()}
     plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     for got, want in zip(plain, expected):  # ONNX Runtime's Sigmoid is not PyTorch's to the last bit
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

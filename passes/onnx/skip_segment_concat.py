@@ -5,7 +5,9 @@ quantize, GEMM, then ``Concat`` the segments' outputs (``exporter/onnx_lowering.
 Linears follow each other with row-wise ops between them (an MLP: Linear, SiLU, Linear), the second
 slices the first's concatenation back into the same segments. ONNX Runtime copies on every ``Slice``
 and ``Concat``; this pass runs the row-wise ops on each segment instead and feeds each segment straight
-to the next Linear, so that an MLP pays one split and one concatenation, not one per Linear.
+to the next Linear, so that an MLP pays one split and one concatenation, not one per Linear. Where
+the rows end in a scatter-add (message passing sums edge rows into nodes), each segment is added on
+its own, in segment order, and the last concatenation goes too.
 
 Pattern::
 
@@ -17,12 +19,14 @@ them), the ``Slice`` takes segment ``k`` of the same ``c``, and every value betw
 slices is used only by the row-wise ops and the slices (else the full tensor is needed anyway and the
 rewrite would add work). Row-wise: element-wise ops whose other operand is a constant of rank <= 1
 (it broadcasts along the columns) or on the same path, ``Cast`` and ``Reshape`` to ``[-1, columns]``.
-Rewrite: the row-wise ops cloned per segment on ``P_k``; the ``Concat`` and the full-size ops become
-dead and are removed.
+Rewrite: the row-wise ops cloned per segment on ``P_k``; a ``ScatterND(data, index, ., reduction="add")``
+at the end of the path becomes one per segment with the index sliced alike (the same additions in the
+same order); the ``Concat`` and the full-size ops become dead and are removed.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -103,7 +107,7 @@ def _rows_of(value: ir.Value, depth: int = 0) -> tuple[ir.Value, int] | None:
     found = segment_slice(node)
     if found is not None:
         return found
-    if node.op_type in ("MatMulInteger", "QuantizeLinear", "Clip") or node.op_type in _UNARY:
+    if node.op_type in ("MatMulInteger", "QuantizeLinear", "Clip", "Reshape") or node.op_type in _UNARY:
         return _rows_of(node.inputs[0], depth + 1)
     if node.op_type in _BINARY:
         rows = [_rows_of(v, depth + 1) for v in node.inputs if v is not None and not _constant_columns(v)]
@@ -124,7 +128,7 @@ def _segmented_concat(node: ir.Node) -> ir.Value | None:
 
 def _rewrite_one(graph: ir.Graph, concat: ir.Node, counts: ir.Value) -> bool:
     """Route every segment slice below ``concat`` to the segment; False where the path is not closed."""
-    path, slices, frontier = {concat.outputs[0]}, [], [concat.outputs[0]]
+    path, slices, scatters, frontier = {concat.outputs[0]}, [], [], [concat.outputs[0]]
     ops: list[ir.Node] = []
     while frontier:
         value = frontier.pop()
@@ -134,13 +138,16 @@ def _rewrite_one(graph: ir.Graph, concat: ir.Node, counts: ir.Value) -> bool:
             found = segment_slice(user)
             if user.inputs[0] is value and found is not None and found[0] is counts:
                 slices.append((user, found[1]))
+            elif _scatter_add_of(user, value):
+                scatters.append(user)
             elif user not in ops and _row_wise(user):
                 ops.append(user)
                 path.add(user.outputs[0])
                 frontier.append(user.outputs[0])
             elif user not in ops:
                 return False
-    if not slices or any(v not in path for op in ops for v in op.inputs if v is not None and not _constant_columns(v)):
+    if not (slices or scatters) or any(v not in path for op in ops for v in op.inputs
+                                       if v is not None and not _constant_columns(v)):
         return False
     parts: dict[tuple[ir.Value, int], ir.Value] = {(concat.outputs[0], k): p for k, p in enumerate(concat.inputs)}
 
@@ -156,8 +163,47 @@ def _rewrite_one(graph: ir.Graph, concat: ir.Node, counts: ir.Value) -> bool:
         return parts[value, k]
 
     for node, k in slices:
-        ir.convenience.replace_all_uses_with(node.outputs[0], part(node.inputs[0], k, node))
+        _replace(node.outputs[0], part(node.inputs[0], k, node))
+    for node in scatters:  # one scatter-add per segment, in segment order: the same sums in the same order
+        data, index, updates = node.inputs[:3]
+        ends = _insert(graph, node, "CumSum", [counts, _constant(graph, node, 0)])
+        starts = _insert(graph, node, "Sub", [ends, counts])
+        for k in range(len(concat.inputs)):
+            bounds = [_insert(graph, node, "Slice", [v, _constant(graph, node, [k]), _constant(graph, node, [k + 1])])
+                      for v in (starts, ends)]
+            rows = _insert(graph, node, "Slice", [index, *bounds, _constant(graph, node, [0])])
+            data = _insert(graph, node, "ScatterND", [data, rows, part(updates, k, node)],
+                           [ir.AttrString("reduction", "add")])
+        _replace(node.outputs[0], data)
     return True
+
+
+def _replace(old: ir.Value, new: ir.Value) -> None:
+    """Every use of ``old`` by ``new``; a graph output keeps its name."""
+    if old.is_graph_output():
+        name, old.name = old.name, f"{old.name}_replaced"
+        new.name = name
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+
+
+def _scatter_add_of(node: ir.Node, value: ir.Value) -> bool:
+    """Whether ``node`` scatter-adds the rows of ``value`` (its updates; data and index from elsewhere)."""
+    return (node.op_type == "ScatterND" and node.domain == "" and len(node.inputs) == 3
+            and node.inputs[2] is value and node.inputs[0] is not value and node.inputs[1] is not value
+            and node.attributes.get_string("reduction") == "add")
+
+
+def _insert(graph: ir.Graph, before: ir.Node, op_type: str, inputs: list, attributes: list | None = None) -> ir.Value:
+    node = ir.Node("", op_type, inputs, attributes=attributes or [], num_outputs=1)
+    graph.insert_before(before, node)
+    return node.outputs[0]
+
+
+def _constant(graph: ir.Graph, before: ir.Node, value: int | list[int]) -> ir.Value:
+    node = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", ir.tensor(np.array(value, dtype=np.int64)))],
+                   num_outputs=1)
+    graph.insert_before(before, node)
+    return node.outputs[0]
 
 
 def skip_segment_concat(model: onnx.ModelProto) -> onnx.ModelProto:
