@@ -89,3 +89,39 @@ def test_scatter_add_rows_becomes_scatter_nd():
 def test_scatter_with_a_per_element_index_is_left_alone():
     _, changes = apply_rules(_scatter_graph(["e", 3]), "onnx")
     assert changes == {}
+
+
+def _gathered_rows_graph(concat_is_output: bool) -> onnx.ModelProto:
+    """Two row slices of ``[a[i], a[j], r]`` (what one edge Linear's segments take)."""
+    nodes = [h.make_node("Gather", ["a", "i"], ["ai"], axis=0), h.make_node("Gather", ["a", "j"], ["aj"], axis=0),
+             h.make_node("Concat", ["ai", "aj", "r"], ["rows"], axis=-1),
+             h.make_node("Slice", ["rows", "s0", "e0", "axes"], ["y0"]),
+             h.make_node("Slice", ["rows", "s1", "e1", "axes"], ["y1"])]
+    inits = [h.make_tensor(name, T.INT64, [1], [v]) for name, v in
+             (("s0", 0), ("e0", 3), ("s1", 3), ("e1", 7), ("axes", 0))]
+    outputs = [h.make_tensor_value_info(name, T.FLOAT, [None, 5]) for name in ("y0", "y1")]
+    outputs += [h.make_tensor_value_info("rows", T.FLOAT, ["e", 5])] if concat_is_output else []
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", T.FLOAT, ["n", 2]),
+                                      h.make_tensor_value_info("i", T.INT64, ["e"]),
+                                      h.make_tensor_value_info("j", T.INT64, ["e"]),
+                                      h.make_tensor_value_info("r", T.FLOAT, ["e", 1])], outputs, initializer=inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("concat_is_output", [False, True])
+def test_slice_gathered_rows_slices_the_indices(concat_is_output):
+    model = _gathered_rows_graph(concat_is_output)
+    rewritten, changes = apply_rules(model, "onnx")
+    if concat_is_output:  # the whole rows are built anyway: left alone
+        assert "Gather" not in changes
+    else:  # each slice gathers its own rows: 4 gathers of 3 and 4 rows, no E-row concatenation
+        assert changes["Gather"] == 2 and Counter(n.op_type for n in rewritten.graph.node)["Concat"] == 2
+    rng = np.random.default_rng(4)
+    feeds = {"a": rng.standard_normal((6, 2)).astype(np.float32), "i": rng.integers(0, 6, 7),
+             "j": rng.integers(0, 6, 7), "r": rng.standard_normal((7, 1)).astype(np.float32)}
+    for got, want in zip(_run_all(rewritten, feeds), _run_all(model, feeds)):
+        np.testing.assert_array_equal(got, want)
+
+
+def _run_all(model: onnx.ModelProto, feeds: dict) -> list:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)

@@ -13,9 +13,9 @@ Pattern::
 
     Concat(P_0, ..., P_{K-1}, axis=0) -> row-wise ops -> Slice(., start_k, end_k, axes=[0])
 
-Check: ``P_k`` has the rows of segment ``k`` of a counts vector ``c`` (it is computed by row-wise ops
-from a ``Slice`` of some tensor whose bounds are the cumulative sums of ``c``, as ``_split_rows`` writes
-them), the ``Slice`` takes segment ``k`` of the same ``c``, and every value between the ``Concat`` and the
+Check: ``P_k`` has the rows of segment ``k`` of a counts vector ``c`` (it is computed by row-wise ops,
+integer GEMMs, column concatenations and row gathers from a ``Slice`` of some tensor, or of an index,
+whose bounds are the cumulative sums of ``c``, as ``_split_rows`` writes them), the ``Slice`` takes segment ``k`` of the same ``c``, and every value between the ``Concat`` and the
 slices is used only by the row-wise ops and the slices (else the full tensor is needed anyway and the
 rewrite would add work). Row-wise: element-wise ops whose other operand is a constant of rank <= 1
 (it broadcasts along the columns) or on the same path, ``Cast`` and ``Reshape`` to ``[-1, columns]``.
@@ -109,11 +109,22 @@ def _rows_of(value: ir.Value, depth: int = 0) -> tuple[ir.Value, int] | None:
         return found
     if node.op_type in ("MatMulInteger", "QuantizeLinear", "Clip", "Reshape") or node.op_type in _UNARY:
         return _rows_of(node.inputs[0], depth + 1)
-    if node.op_type in _BINARY:
+    if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:  # rows picked by a 1-D index
+        return _rows_of(node.inputs[1], depth + 1) if _rank(node.inputs[1]) == 1 else None
+    columns = node.op_type == "Concat" and node.attributes.get_int("axis") in (1, -1)
+    if node.op_type in _BINARY or columns:  # every row-shaped operand from the same segment
         rows = [_rows_of(v, depth + 1) for v in node.inputs if v is not None and not _constant_columns(v)]
         return rows[0] if rows and all(r is not None and r[0] is rows[0][0] and r[1] == rows[0][1]
                                        for r in rows) else None
     return None
+
+
+def _rank(value: ir.Value) -> int | None:
+    """The rank of ``value``, or of what it slices where a rewrite left its shape unknown."""
+    if value.shape is not None:
+        return len(value.shape)
+    node = value.producer()
+    return _rank(node.inputs[0]) if node is not None and node.op_type == "Slice" else None
 
 
 def _segmented_concat(node: ir.Node) -> ir.Value | None:
