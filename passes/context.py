@@ -7,7 +7,13 @@ from typing import Any
 
 from amq_export.amq.allocation import validate_bits
 from amq_export.amq.bit_state import DOMAINS, BitState
-from amq_export.amq.config import OTHER, AMQConfig, check_domain_overrides, check_layer_offsets, check_weight_bits  # noqa: F401 (OTHER re-exported)
+from amq_export.amq.config import (  # noqa: F401 (OTHER re-exported)
+    OTHER,
+    AMQConfig,
+    check_domain_overrides,
+    check_layer_offsets,
+    check_weight_bits,
+)
 from amq_export.amq.cost import FloatLayer, LayerCost
 from amq_export.amq.quant_linear import DEFAULT_ACT_QUANT
 

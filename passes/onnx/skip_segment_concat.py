@@ -15,10 +15,11 @@ Pattern::
 
 Check: ``P_k`` has the rows of segment ``k`` of a counts vector ``c`` (it is computed by row-wise ops,
 integer GEMMs, column concatenations and row gathers from a ``Slice`` of some tensor, or of an index,
-whose bounds are the cumulative sums of ``c``, as ``_split_rows`` writes them), the ``Slice`` takes segment ``k`` of the same ``c``, and every value between the ``Concat`` and the
-slices is used only by the row-wise ops and the slices (else the full tensor is needed anyway and the
-rewrite would add work). Row-wise: element-wise ops whose other operand is a constant of rank <= 1
-(it broadcasts along the columns) or on the same path, ``Cast`` and ``Reshape`` to ``[-1, columns]``.
+whose bounds are the cumulative sums of ``c``, as ``_split_rows`` writes them), the ``Slice`` takes
+segment ``k`` of the same ``c``, and every value between the ``Concat`` and the slices is used only by
+the row-wise ops and the slices (else the full tensor is needed anyway and the rewrite would add work).
+Row-wise: element-wise ops whose other operand is a constant of rank <= 1 (it broadcasts along the
+columns) or on the same path, ``Cast`` and ``Reshape`` to ``[-1, columns]``.
 Rewrite: the row-wise ops cloned per segment on ``P_k``; a ``ScatterND(data, index, ., reduction="add")``
 at the end of the path becomes one per segment with the index sliced alike (the same additions in the
 same order); the ``Concat`` and the full-size ops become dead and are removed.
