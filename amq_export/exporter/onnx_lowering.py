@@ -67,17 +67,17 @@ def _concat_rows(parts: list):
     return op.Concat(*parts, axis=0) if len(parts) > 1 else parts[0]
 
 
-def _quantize_bucket(x, k: int, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int):
-    """Every row of ``x`` quantized at bucket ``k`` to uint8 (``Z`` as zero point where shared, else ``z_k``),
-    clamped to the bucket's integers (``Z - z_k .. Z - z_k + qmax_k``, or ``0 .. qmax_k``) where ``clip[k]``."""
+def quantize_bucket(x, bucket: int, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int):
+    """Every row of ``x`` quantized at bucket ``bucket`` to uint8 (``Z`` as zero point where shared, else ``z_b``),
+    clamped to the bucket's integers (``Z - z_b .. Z - z_b + qmax_b``, or ``0 .. qmax_b``) where ``clip[bucket]``."""
     if shared_zero_point >= 0:
-        low = op.Sub(op.Constant(value_float=float(shared_zero_point)), _bucket(act_zero_point, k))
-        q = op.QuantizeLinear(x, _bucket(act_scale, k), _shared(shared_zero_point))
+        low = op.Sub(op.Constant(value_float=float(shared_zero_point)), _bucket(act_zero_point, bucket))
+        q = op.QuantizeLinear(x, _bucket(act_scale, bucket), _shared(shared_zero_point))
     else:
         low = op.Constant(value_float=0.0)
-        q = op.QuantizeLinear(x, _bucket(act_scale, k), _uint8(_bucket(act_zero_point, k)))
-    if clip[k]:
-        q = op.Clip(q, _uint8(low), _uint8(op.Add(low, _bucket(act_qmax, k))))
+        q = op.QuantizeLinear(x, _bucket(act_scale, bucket), _uint8(_bucket(act_zero_point, bucket)))
+    if clip[bucket]:
+        q = op.Clip(q, _uint8(low), _uint8(op.Add(low, _bucket(act_qmax, bucket))))
     return q
 
 
@@ -94,14 +94,10 @@ def _scaled_rows(acc, row_bucket, act_scale, weight_scale, bias):
     return op.Add(op.Mul(op.Cast(acc, to=FLOAT.dtype), op.Gather(scales, row_bucket, axis=0)), bias)
 
 
-def quantize_bucket(x, bucket: int, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int):
-    return _quantize_bucket(x, bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
-
-
 def quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shared_zero_point: int,
                   bucket_counts=None):
     if bucket_counts is not None or len(clip) == 1:
-        return _concat_rows([_quantize_bucket(part, k, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
+        return _concat_rows([quantize_bucket(part, k, act_scale, act_zero_point, act_qmax, clip, shared_zero_point)
                              for k, part in enumerate(_split_rows(x, bucket_counts, len(clip)))])
     scale = op.Gather(act_scale, row_bucket, axis=0)  # [R]
     q = op.QuantizeLinear(x, scale, op.Expand(_shared(shared_zero_point), op.Shape(scale)), axis=0)
@@ -125,7 +121,7 @@ def bucketed_linear(x, row_bucket, act_scale, act_zero_point, act_qmax, weight_i
                     clip, shared_zero_point: int, bucket_counts=None):
     if bucket_counts is not None or len(clip) == 1:  # per segment: each bucket with its own zero point
         return _concat_rows([
-            _gemm_bucket(_quantize_bucket(part, k, act_scale, act_zero_point, act_qmax, clip, -1), k,
+            _gemm_bucket(quantize_bucket(part, k, act_scale, act_zero_point, act_qmax, clip, -1), k,
                          _uint8(_bucket(act_zero_point, k)), act_scale, weight_int_t, weight_scale, bias)
             for k, part in enumerate(_split_rows(x, bucket_counts, len(clip)))])
     if shared_zero_point >= 0:
