@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amq_export.amq.inference_model import AMQInferenceModel
+from amq_export.amq.inference_model import AMQInferenceModel, bucket_order
 from amq_export.amq.quant_linear import input_ulp_noise
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.mesh_data import MeshData
@@ -59,10 +59,10 @@ def test_graph_is_checked_documented_and_dynamic(exported):
     assert inputs["edge_index"].type.tensor_type.shape.dim[1].dim_param == "num_edges"
     assert [o.name for o in model.graph.output] == ["pred", "node_bits", "edge_bits"]
     ops = Counter(node.op_type for node in model.graph.node)
-    # every quantized Linear is one integer GEMM per bucket segment; the allocation and the bucket sort
-    # are in the graph
+    # every quantized Linear is one integer GEMM per bucket segment; the allocation (one sort) and the
+    # bucket sorts (counting, by CumSum) are in the graph
     assert ops["MatMulInteger"] == len(qmodel.layers) * len(qmodel.amq_config.bits)
-    assert ops["TopK"] >= 3 and ops["CumSum"] >= 1
+    assert ops["TopK"] == 1 and ops["CumSum"] >= 3
     meta = read_meta(model)
     assert meta["bits"] == list(qmodel.amq_config.bits) and len(meta["layers"]) == len(qmodel.layers)
 
@@ -145,6 +145,15 @@ def test_parity_on_random_meshes(exported, case):
         with torch.no_grad(), input_ulp_noise(qmodel, seed=seed):
             floor = max(floor, parity([(pred, qmodel(mesh, budget=budget, mode="aux").pred.numpy(), None, None)])["rel_l2"])
     assert result["bits_agreement"] >= 0.999 and result["rel_l2"] <= max(1e-3, 2 * floor), (result, floor)
+
+
+@pytest.mark.parametrize(("rows", "buckets"), [(0, 2), (1, 3), (7, 1), (500, 2), (1000, 4)])
+def test_bucket_order_is_the_stable_sort(rows, buckets):
+    levels = torch.randint(0, buckets, (rows,), generator=torch.Generator().manual_seed(rows + buckets))
+    order, position, counts = bucket_order(levels, buckets)
+    assert torch.equal(order, torch.sort(levels, stable=True).indices)
+    assert torch.equal(order[position], torch.arange(rows))
+    assert torch.equal(counts, torch.bincount(levels, minlength=buckets))
 
 
 def test_inference_model_matches_amq_model_in_torch(tiny, qmodel_factory):

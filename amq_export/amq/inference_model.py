@@ -9,9 +9,9 @@ PyTorch as well. One forward:
 2. the allocation of DESIGN item 6 picks every item's bit option under the run-time ``budget`` (an
    input, so one artifact serves every budget), charging the auxiliary model's BOPs, as a literal
    one-sort greedy with no data-dependent shapes (``allocate_levels_traceable``);
-3. the mesh is permuted once so that nodes, then edges (and clusters) are sorted by bit-width
-   (edges take the edge-item bits of their target, source or the max, as in training; cluster members
-   are renumbered); every quantized Linear then sees contiguous row segments, one per bit-width, and
+3. the mesh is permuted once so that nodes, then edges (and clusters) are sorted by bit-width by a
+   counting sort (``bucket_order``) (edges take the edge-item bits of their target, source or the max,
+   as in training; cluster members are renumbered); every quantized Linear then sees contiguous row segments, one per bit-width, and
    runs as one integer GEMM (``BucketedIntLinear``);
 4. the prediction is permuted back.
 
@@ -107,8 +107,8 @@ class AMQInferenceModel(nn.Module):
         sorted_cluster_levels = cluster_levels
         unsorted_edge_levels = edge_bits(owner_levels, edge_index, self.edge_rule)
         if self.sort_rows:
-            perm = torch.sort(node_levels, stable=True).indices
-            inverse = torch.zeros_like(perm).index_put((perm,), torch.arange(n, device=x.device))
+            buckets, counts = len(self.options), {}
+            perm, inverse, counts["node"] = bucket_order(node_levels, buckets)
             x, pos = x.index_select(0, perm), pos.index_select(0, perm)
             node_type = node_type.index_select(0, perm) if node_type is not None else None
             variables = variables.index_select(0, perm) if variables is not None else None
@@ -117,20 +117,20 @@ class AMQInferenceModel(nn.Module):
                 renumber = torch.cat([inverse, inverse.new_full((1,), -1)])
                 clusters = renumber.index_select(0, cluster_slots(clusters, n)[0].reshape(-1)).view(clusters.shape)
                 if self.has_clusters:
-                    cluster_order = torch.sort(cluster_levels, stable=True).indices
+                    cluster_order, _, counts["cluster"] = bucket_order(cluster_levels, buckets)
                     clusters = clusters.index_select(0, cluster_order)
                     sorted_cluster_levels = cluster_levels.index_select(0, cluster_order)
             sorted_levels = node_levels.index_select(0, perm)
-            edge_order = torch.sort(unsorted_edge_levels, stable=True).indices
+            edge_order, _, counts["edge"] = bucket_order(unsorted_edge_levels, buckets)
             edge_index = edge_index.index_select(1, edge_order)
             edge_levels = unsorted_edge_levels.index_select(0, edge_order)
         else:
             sorted_levels, edge_levels = node_levels, unsorted_edge_levels
         self.buckets.update(node=sorted_levels, edge=edge_levels, cluster=sorted_cluster_levels)
         if self.sort_rows:  # each domain's rows are now one contiguous segment per bucket: their sizes
-            options = torch.arange(len(self.options), device=x.device)
-            self.buckets.update({counts_key(domain): (self.buckets[domain].unsqueeze(1) == options).sum(0)
-                                 for domain in ("node", "edge", "cluster")})
+            if "cluster" not in counts:
+                counts["cluster"] = bucket_order(sorted_cluster_levels, buckets)[2]
+            self.buckets.update({counts_key(domain): c for domain, c in counts.items()})
         extra = {"clusters": clusters} if clusters is not None else {}
         pred = self.main.forward_tensors(x, pos, edge_index, None, variables, node_type, **extra)
         if self.sort_rows:
@@ -171,6 +171,24 @@ class AMQInferenceModel(nn.Module):
     def example_inputs(self, mesh: Any, budget: float) -> tuple[Tensor | None, ...]:
         """The positional inputs of ``forward`` for one ``MeshData`` (budget as a float32 scalar)."""
         return (*mesh_inputs(mesh, self.names), torch.tensor(float(budget), dtype=torch.float32))
+
+
+def bucket_order(levels: Tensor, buckets: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(order, position, counts)`` of the stable sort of ``levels`` (ints in ``0..buckets-1``) by counting:
+    ``levels[order]`` is sorted, ties in index order, ``position`` is its inverse (``order[position[i]] = i``)
+    and ``counts[k]`` the number of rows in bucket k.
+
+    A bucket's rows keep their order, so each row's place is the bucket's start plus the number of
+    earlier rows in the same bucket: a running count over a [M, buckets] one-hot (``CumSum`` in ONNX), where
+    a comparison sort (``TopK`` over all M) costs several times as much at the mesh sizes of deployment.
+    """
+    onehot = (levels.unsqueeze(1) == torch.arange(buckets, device=levels.device)).long()
+    running = onehot.cumsum(0)  # row i: how many of rows 0..i are in each bucket
+    counts = onehot.sum(0)
+    starts = counts.cumsum(0) - counts
+    position = ((running - 1 + starts) * onehot).sum(1)
+    order = torch.zeros_like(position).index_put((position,), torch.arange(levels.numel(), device=levels.device))
+    return order, position, counts
 
 
 def _freeze(main: nn.Module, buckets: dict[str, Tensor]) -> nn.Module:
