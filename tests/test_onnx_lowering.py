@@ -204,3 +204,18 @@ def test_mlp_on_segments_skips_the_concat_between_its_linears(expose) -> None:
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         for got, want in zip(session.run(None, feeds), plain):
             np.testing.assert_array_equal(got, want)
+
+
+def test_rounding_follows_quantize_linear_just_below_half_steps() -> None:
+    """``round(x / s) + z``, not ``round(x / s + z)``: in float32 the sum can round ``x / s`` up across a half
+    step (3.4999998 + 40 is 43.5), which flipped a few roundings per mesh against ONNX Runtime."""
+    form = _form((40,), (8,))._replace(act_scale=torch.tensor([1.0]))
+    halves = np.arange(-40, 200, dtype=np.float32) + np.float32(0.5)
+    x = np.stack([np.nextafter(halves, -np.inf), halves, np.nextafter(halves, np.inf)]).reshape(-1)
+    x = torch.from_numpy(np.resize(x, (len(x) // 24 * 24,))).reshape(-1, 24)
+    row_bucket = torch.zeros(x.shape[0], dtype=torch.long)
+    expected = form(x, row_bucket).numpy()
+    session = ort.InferenceSession(_export(form, x[:3], row_bucket[:3]).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.numpy(), "row_bucket": row_bucket.numpy()})[0]
+    np.testing.assert_array_equal(got, expected)

@@ -125,3 +125,26 @@ def test_slice_gathered_rows_slices_the_indices(concat_is_output):
 
 def _run_all(model: onnx.ModelProto, feeds: dict) -> list:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _sqrt_graph(dtype: int) -> onnx.ModelProto:
+    nodes = [h.make_node("Cast", ["x"], ["xd"], to=T.DOUBLE), h.make_node("Sqrt", ["xd"], ["rd"]),
+             h.make_node("Cast", ["rd"], ["y"], to=T.FLOAT)]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", dtype, ["n"])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["n"])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+
+
+def test_narrow_exact_sqrt_is_the_float64_root_rounded():
+    import torch
+
+    rewritten, changes = apply_rules(_sqrt_graph(T.FLOAT), "onnx")
+    assert changes == {"Cast": -2}
+    x = np.random.default_rng(3).random(200_000, dtype=np.float32) * 10
+    expected = torch.from_numpy(x).double().sqrt().float().numpy()  # what the models compute in PyTorch
+    np.testing.assert_array_equal(_run(rewritten, {"x": x}), expected)
+    np.testing.assert_array_equal(expected, np.sqrt(x))  # the IEEE float32 root
+
+
+def test_narrow_exact_sqrt_leaves_float64_inputs_alone():
+    assert apply_rules(_sqrt_graph(T.DOUBLE), "onnx")[1] == {}

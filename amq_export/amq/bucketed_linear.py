@@ -1,9 +1,12 @@
 """The bucketed integer Linear that an exported AMQ model runs (DESIGN item 8).
 
 Numerics only: every input row ``r`` belongs to bucket ``k_r`` and is quantized with that bucket's
-scale, zero point and range, ``q_r = clamp(round(x_r / s_k + z_k), 0, qmax_k)`` (the order of
-operations of Brevitas' activation quantizers, so the two agree bit for bit); all rows then share one
-int8 weight with per-output-channel scales ``t``:
+scale, zero point and range, ``q_r = clamp(round(x_r / s_k) + z_k, 0, qmax_k)``: the order of ONNX
+``QuantizeLinear``, so that the exported model computes the same integers. (Brevitas' fake quantization,
+which QAT trains with, rounds ``x / s + z``: the same integer wherever the float32 sum ``x / s + z`` is
+exact, and one step apart where rounding that sum carries ``x / s`` across a half, a few rows in a million;
+those few flipped roundings were most of the exported model's difference from PyTorch.) All rows then
+share one int8 weight with per-output-channel scales ``t``:
 
     y_r = ((q_r - z_k) @ W_int^T) * (t * s_k) + bias
 
@@ -31,12 +34,12 @@ EXACT_FLOAT32_COLUMNS = (2**24 - 1) // (255 * 128)
 
 def _centered(x: Tensor, row_bucket: Tensor, act_scale: Tensor, act_zero_point: Tensor,
               act_qmax: Tensor) -> Tensor:
-    """The integers ``clamp(round(x / s + z), 0, qmax) - z`` of every row at its bucket (as floats)."""
+    """The integers ``clamp(round(x / s) + z, 0, qmax) - z`` of every row at its bucket (as floats)."""
     scale = act_scale.index_select(0, row_bucket).unsqueeze(1)
     zero_point = act_zero_point.index_select(0, row_bucket).unsqueeze(1)
     qmax = act_qmax.index_select(0, row_bucket).unsqueeze(1)
     q = x / scale  # then in place: mesh-sized temporaries cost more in page faults than in arithmetic
-    q.add_(zero_point).round_().clamp_min_(0.0)
+    q.round_().add_(zero_point).clamp_min_(0.0)
     return torch.minimum(q, qmax, out=q).sub_(zero_point)
 
 
