@@ -50,16 +50,24 @@ def quantize(model: nn.Module, config: AMQConfig | None = None, *, calibration: 
              verbose: bool = False) -> AMQModel:
     """Rewrite a float mesh model (in place) into an ``AMQModel`` by running the module passes.
 
-    find domains -> insert adaptive quantizers -> attach auxiliary model [-> calibrate, when
+    find domains -> insert adaptive quantizers -> runtime activations -> attach auxiliary model [-> calibrate, when
     ``calibration`` meshes are given]. The pass report is kept in ``qmodel.pass_report``.
     """
-    from passes import AttachAuxiliary, Calibrate, FindDomains, InsertQuantizers, PassContext, PassManager
+    from passes import (
+        AttachAuxiliary,
+        Calibrate,
+        FindDomains,
+        InsertQuantizers,
+        PassContext,
+        PassManager,
+        RuntimeActivations,
+    )
 
     config = config or AMQConfig()
     if not hasattr(model, "config"):
         raise AMQError(f"{type(model).__name__} has no .config; quantize models built by amq_export.models")
     ctx = PassContext.from_config(config)
-    passes = [FindDomains(), InsertQuantizers(), AttachAuxiliary()]
+    passes = [FindDomains(), InsertQuantizers(), RuntimeActivations(), AttachAuxiliary()]
     if calibration is not None:
         passes.append(Calibrate(list(calibration)))
     report = PassManager(passes).run(model, ctx)

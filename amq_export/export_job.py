@@ -182,14 +182,16 @@ def run(job: ExportJob) -> dict[str, Any]:
 def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget: float) -> dict[str, Any]:
     """Run the artifact in ONNX Runtime on every test mesh: parity with PyTorch, error, b_eff, latency.
 
-    PyTorch evaluates an AMQ model with the integer arithmetic of the artifact, so parity compares two
-    implementations of one computation. Reported beside it: the distance of the training numerics (float
+    PyTorch evaluates an AMQ model with the integer arithmetic of the artifact, and here with ONNX Runtime's
+    SiLU (``runtime_activations``), so parity compares two implementations of one computation. Reported
+    beside it: the distance of PyTorch's own SiLU (``torch_silu_rel_l2``), of the training numerics (float
     fake quantization), and the one-ulp floor: PyTorch against itself with every quantized layer's input
     one ulp off (``input_ulp_noise``), as far as two correct float implementations are apart before each
     quantizer. A deep low-bit model turns such differences into flipped roundings, so parity near the
     floor means the runtime computes what PyTorch does up to float kernels.
     """
     from amq_export.amq.quant_linear import fake_quant_eval, input_ulp_noise
+    from amq_export.amq.runtime_silu import runtime_activations
     from amq_export.exporter import run_artifact
     from runtimes.onnxruntime import OrtModel, parity
 
@@ -197,23 +199,27 @@ def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget
     # differs by up to 1e-2 on a 50k-node mesh at 2 threads), which parity would count as a difference
     runner = OrtModel(exported.optimized_path or exported.path, threads=1)
     run = run_artifact(runner, test, normalizer, budget, "verifying in ONNX Runtime")
-    pairs, fake_pairs, ulp_pairs = [], [], []
+    pairs, torch_silu_pairs, fake_pairs, ulp_pairs = [], [], [], []
     for mesh, out in zip(test, run.outputs, strict=True):
         with torch.no_grad():
-            ref = qmodel(mesh, budget=budget, mode="aux")
+            with runtime_activations(qmodel):
+                ref = qmodel(mesh, budget=budget, mode="aux")
+            plain = qmodel(mesh, budget=budget, mode="aux").pred
             with fake_quant_eval(qmodel):
                 fake = qmodel(mesh, budget=budget, mode="aux").pred
-            with input_ulp_noise(qmodel, seed=len(ulp_pairs)):
+            with input_ulp_noise(qmodel, seed=len(ulp_pairs)), runtime_activations(qmodel):
                 nudged = qmodel(mesh, budget=budget, mode="aux")
         bits = (_all_bits(ref.node_bits, ref.edge_bits, ref.cluster_bits),
                 _all_bits(out["node_bits"], out["edge_bits"], out.get("cluster_bits")))
         pairs.append((ref.pred.numpy(), out["pred"], *bits))
+        torch_silu_pairs.append((ref.pred.numpy(), plain.numpy(), None, None))
         fake_pairs.append((ref.pred.numpy(), fake.numpy(), None, None))
         ulp_pairs.append((ref.pred.numpy(), nudged.pred.numpy(), bits[0],
                           _all_bits(nudged.node_bits, nudged.edge_bits, nudged.cluster_bits)))
     times = run.seconds
     result = parity(pairs)
     result["pass"] = bool(result["bits_agreement"] >= PARITY_BITS and result["rel_l2"] <= PARITY_REL_L2)
+    result["torch_silu_rel_l2"] = parity(torch_silu_pairs)["rel_l2"]
     result["fake_quant_rel_l2"] = parity(fake_pairs)["rel_l2"]
     floor = parity(ulp_pairs)
     result["ulp_floor_rel_l2"], result["ulp_floor_bits_agreement"] = floor["rel_l2"], floor["bits_agreement"]

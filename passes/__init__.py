@@ -6,6 +6,7 @@ from passes.context import OTHER, LayerInfo, PassContext
 from passes.find_domains import FindDomains, probe_mesh
 from passes.insert_quantizers import InsertQuantizers
 from passes.manager import Pass, PassManager, Report
+from passes.runtime_activations import RuntimeActivations
 
 __all__ = [
     "OTHER",
@@ -18,5 +19,6 @@ __all__ = [
     "PassContext",
     "PassManager",
     "Report",
+    "RuntimeActivations",
     "probe_mesh",
 ]

@@ -16,6 +16,8 @@
   where a layer's rows are gathered node rows, ``BucketedIntLinear.gathered``), lower alike, segment by
   segment where counts are given; ``amq::quantize_bucket`` (the node rows' copy at one bucket) is one
   scalar segment.
+- ``amq::runtime_silu`` (ONNX Runtime's SiLU, emulated in PyTorch) -> ``Mul(x, Sigmoid(x))``, which ONNX
+  Runtime fuses into ``QuickGelu``.
 - ``aten.sort.stable`` -> ``TopK`` over the whole axis; ONNX breaks ``TopK`` ties by the lower
   index, which is what a stable sort does.
 """
@@ -136,6 +138,10 @@ def bucketed_linear(x, row_bucket, act_scale, act_zero_point, act_qmax, weight_i
     return _scaled_rows(acc, row_bucket, act_scale, weight_scale, bias)
 
 
+def runtime_silu(x):
+    return op.Mul(x, op.Sigmoid(x))
+
+
 def sort_stable(x, stable=None, dim=-1, descending=False):
     k = op.Reshape(op.Size(x), op.Constant(value_ints=[1]))
     values, indices = op.TopK(x, k, axis=dim, largest=1 if descending else 0, sorted=1)
@@ -143,8 +149,11 @@ def sort_stable(x, stable=None, dim=-1, descending=False):
 
 
 def translation_table() -> dict[Callable, Callable]:
-    import amq_export.amq.bucketed_linear  # noqa: F401  (registers torch.ops.amq)
+    # importing these modules registers their ops under torch.ops.amq
+    import amq_export.amq.bucketed_linear
+    import amq_export.amq.runtime_silu  # noqa: F401
 
     return {torch.ops.amq.bucketed_linear.default: bucketed_linear, torch.ops.amq.quantize_rows.default: quantize_rows,
             torch.ops.amq.quantize_bucket.default: quantize_bucket,
-            torch.ops.amq.int_linear.default: int_linear, torch.ops.aten.sort.stable: sort_stable}
+            torch.ops.amq.int_linear.default: int_linear, torch.ops.amq.runtime_silu.default: runtime_silu,
+            torch.ops.aten.sort.stable: sort_stable}
