@@ -20,8 +20,8 @@ def shared(tiny, qmodel_factory):
 
 def test_pass_report_lists_every_pass(shared):
     q = shared
-    assert [name for name, _ in q.pass_report] == ["find_domains", "insert_quantizers", "attach_auxiliary",
-                                                    "calibrate"]
+    assert [name for name, _ in q.pass_report] == ["find_domains", "insert_quantizers", "runtime_activations",
+                                                    "attach_auxiliary", "calibrate"]
     assert {layer.domain for layer in q.layers} == {"node", "edge"}
 
 
