@@ -38,12 +38,11 @@ def _f32(value: float) -> float:
 
 def _horner(x2: Tensor, coefficients: tuple[float, ...]) -> Tensor:
     """``((c0 x2 + c1) x2 + c2) ...`` in float32, each step one fused multiply-add: the float64 product of
-    two float32 values is exact, so ``addcmul`` in float64 then one rounding to float32 is the FMA."""
+    two float32 values is exact, so the float64 sum rounded once to float32 is the FMA."""
     x2 = x2.double()
-    acc = torch.full_like(x2, _f32(coefficients[1])).addcmul_(x2, torch.tensor(_f32(coefficients[0]),
-                                                                               dtype=torch.float64))
+    acc = (x2 * _f32(coefficients[0])).add_(_f32(coefficients[1]))
     for c in coefficients[2:]:
-        acc = torch.full_like(x2, _f32(c)).addcmul_(acc.float().double(), x2)
+        acc = acc.float().double().mul_(x2).add_(_f32(c))
     return acc.float()
 
 
