@@ -9,10 +9,10 @@ PyTorch as well. One forward:
 2. the allocation of DESIGN item 6 picks every item's bit option under the run-time ``budget`` (an
    input, so one artifact serves every budget), charging the auxiliary model's BOPs, as a literal
    one-sort greedy with no data-dependent shapes (``allocate_levels_traceable``);
-3. the mesh is permuted once so that nodes, then edges (and clusters) are sorted by bit-width by a
-   counting sort (``bucket_order``) (edges take the edge-item bits of their target, source or the max,
-   as in training; cluster members are renumbered); every quantized Linear then sees contiguous row segments, one per bit-width, and
-   runs as one integer GEMM (``BucketedIntLinear``);
+3. the mesh is permuted once so that nodes, then edges (and clusters) are sorted by bit-width, by a
+   counting sort (``bucket_order``; edges take the edge-item bits of their target, source or the max,
+   as in training; cluster members are renumbered); every quantized Linear then sees contiguous row
+   segments, one per bit-width, and runs one integer GEMM per segment (``BucketedIntLinear``);
 4. the prediction is permuted back.
 
 With a single bit option the allocation, the auxiliary model and the sort drop out (uniform

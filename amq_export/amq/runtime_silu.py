@@ -69,8 +69,8 @@ def _(x: Tensor) -> Tensor:
 class RuntimeSiLU(nn.Module):
     """``nn.SiLU`` in a quantized model: PyTorch's SiLU, or ONNX Runtime's inside ``runtime_activations``
     (in evaluation only: under autograd or in training it stays PyTorch's). The emulation costs about 100x
-    PyTorch's kernel (float64 steps), a third more evaluation time per mesh, so it is used where
-    the bits matter: checking an artifact against PyTorch."""
+    PyTorch's kernel (float64 steps), twice the evaluation time of an MP-PDE mesh (87 against 38 ms,
+    1024 nodes), so it is used where the bits matter: checking an artifact against PyTorch."""
 
     def __init__(self) -> None:
         super().__init__()
