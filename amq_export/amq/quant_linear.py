@@ -364,9 +364,12 @@ def _per_chunk(modules: nn.ModuleList, x: Tensor, sizes: list[int]) -> Tensor:
 
 
 @contextmanager
-def _on_every_layer(model: nn.Module, attribute: str, value: Any) -> Iterator[nn.Module]:
-    """Inside, every ``AdaptiveQuantLinear`` of ``model`` has ``attribute`` set to ``value``; restored on exit."""
-    layers = [m for m in model.modules() if isinstance(m, AdaptiveQuantLinear)]
+def on_every_module(model: nn.Module, attribute: str, value: Any,
+                    kind: type[nn.Module] | None = None) -> Iterator[nn.Module]:
+    """Inside, every module of ``kind`` (default ``AdaptiveQuantLinear``) in ``model`` has ``attribute`` set to
+    ``value``; restored on exit."""
+    kind = kind or AdaptiveQuantLinear
+    layers = [m for m in model.modules() if isinstance(m, kind)]
     saved = [getattr(layer, attribute) for layer in layers]
     try:
         for layer in layers:
@@ -379,7 +382,7 @@ def _on_every_layer(model: nn.Module, attribute: str, value: Any) -> Iterator[nn
 
 def fake_quant_eval(model: nn.Module) -> AbstractContextManager[nn.Module]:
     """Inside, evaluation runs the training numerics (float fake quantization) instead of the integer ones."""
-    return _on_every_layer(model, "integer_eval", False)
+    return on_every_module(model, "integer_eval", False)
 
 
 def input_ulp_noise(model: nn.Module, seed: int = 0) -> AbstractContextManager[nn.Module]:
@@ -389,7 +392,7 @@ def input_ulp_noise(model: nn.Module, seed: int = 0) -> AbstractContextManager[n
     about that much before each quantizer; the prediction's change under this noise is the floor
     against which the exported model's parity with PyTorch can be read (low-bit roundings amplify it).
     """
-    return _on_every_layer(model, "ulp_noise", torch.Generator().manual_seed(seed))
+    return on_every_module(model, "ulp_noise", torch.Generator().manual_seed(seed))
 
 
 @contextmanager

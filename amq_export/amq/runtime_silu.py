@@ -17,12 +17,13 @@ Runtime uses separate multiplies and adds, and the PyTorch numbers are again an 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from amq_export.amq.quant_linear import on_every_module
 
 LOGISTIC_RANGE = 18.0
 NUMERATOR = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
@@ -36,13 +37,16 @@ def _f32(value: float) -> float:
     return float(torch.tensor(value, dtype=torch.float32))
 
 
+_NUMERATOR32, _DENOMINATOR32 = (tuple(_f32(c) for c in cs) for cs in (NUMERATOR, DENOMINATOR))
+
+
 def _horner(x2: Tensor, coefficients: tuple[float, ...]) -> Tensor:
     """``((c0 x2 + c1) x2 + c2) ...`` in float32, each step one fused multiply-add: the float64 product of
     two float32 values is exact, so the float64 sum rounded once to float32 is the FMA."""
     x2 = x2.double()
-    acc = (x2 * _f32(coefficients[0])).add_(_f32(coefficients[1]))
+    acc = (x2 * coefficients[0]).add_(coefficients[1])
     for c in coefficients[2:]:
-        acc = acc.float().double().mul_(x2).add_(_f32(c))
+        acc = acc.float().double().mul_(x2).add_(c)
     return acc.float()
 
 
@@ -50,8 +54,8 @@ def runtime_logistic(x: Tensor) -> Tensor:
     """``sigmoid(x)`` (float32) as ONNX Runtime's CPU kernel computes it (module docstring)."""
     v = x.clamp(-LOGISTIC_RANGE, LOGISTIC_RANGE)
     v2 = v * v
-    p = _horner(v2, NUMERATOR) * v
-    q = _horner(v2, DENOMINATOR)
+    p = _horner(v2, _NUMERATOR32) * v
+    q = _horner(v2, _DENOMINATOR32)
     return (p / q + 0.5).clamp(0.0, 1.0)
 
 
@@ -82,15 +86,7 @@ class RuntimeSiLU(nn.Module):
         return torch.ops.amq.runtime_silu(x)
 
 
-@contextmanager
-def runtime_activations(model: nn.Module) -> Iterator[nn.Module]:
+def runtime_activations(model: nn.Module) -> AbstractContextManager[nn.Module]:
     """Inside, ``model``'s ``RuntimeSiLU`` modules compute ONNX Runtime's SiLU (evaluation only): with the integer
     Linears, PyTorch then evaluates a quantized model with the arithmetic of its ONNX Runtime artifact."""
-    modules = [m for m in model.modules() if isinstance(m, RuntimeSiLU)]
-    for m in modules:
-        m.exact = True
-    try:
-        yield model
-    finally:
-        for m in modules:
-            m.exact = False
+    return on_every_module(model, "exact", True, kind=RuntimeSiLU)
