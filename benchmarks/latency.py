@@ -161,9 +161,9 @@ def peak_memory(model: str, artifact: Path, feeds_file: Path, threads: int) -> d
                            "--feeds-file", str(feeds_file), "--peak-threads", str(threads)])
 
 
-def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: int, workdir: Path,
-                  top: int = 15) -> None:
-    """ONNX Runtime's profiler on one graph at 1 thread: the op types that cost the most kernel time."""
+def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: int,
+                  workdir: Path) -> dict[str, tuple[float, int]]:
+    """ONNX Runtime's profiler on one graph at 1 thread: {op type: (kernel ms per run, nodes)}."""
     from runtimes.onnxruntime import OrtModel
 
     model = OrtModel(path, threads=1, profile_prefix=str(workdir / f"{name}_profile"))
@@ -177,13 +177,27 @@ def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: in
         if event.get("cat") == "Node" and op and event.get("name", "").endswith("_kernel_time"):
             per_op[op][0] += event["dur"]
             per_op[op][1] += 1
-    total = sum(us for us, _ in per_op.values()) or 1.0
     calls = WARMUP + runs
-    rows = [{"op": op, "ms_per_run": us / 1e3 / calls, "share_%": 100 * us / total, "nodes": n // calls}
-            for op, (us, n) in sorted(per_op.items(), key=lambda kv: -kv[1][0])[:top]]
-    title = (f"{name}, 1 thread: top {top} op types by kernel time\n({calls} runs incl. warm-up, "
-             f"{total / 1e3 / calls:.2f} ms of kernels per run)")
-    print_table(title, rows, ["op", "ms_per_run", "share_%", "nodes"])
+    return {op: (us / 1e3 / calls, n // calls) for op, (us, n) in per_op.items()}
+
+
+def print_profiles(profiles: dict[str, dict[str, tuple[float, int]]], top: int = 20) -> None:
+    """The op types that cost the most kernel time, one column of ms per run for each profiled model and,
+    with two or more, the last model's ms minus the first's: where the difference between them goes."""
+    names = list(profiles)
+    totals = {name: (sum(ms for ms, _ in p.values()), sum(n for _, n in p.values())) for name, p in profiles.items()}
+    ops = sorted({op for p in profiles.values() for op in p},
+                 key=lambda op: -max(p.get(op, (0.0, 0))[0] for p in profiles.values()))[:top]
+    rows = []
+    for op in [*ops, "total"]:
+        row: dict[str, Any] = {"op": op}
+        for name in names:
+            row[f"{name}_ms"], row[f"{name}_nodes"] = totals[name] if op == "total" else profiles[name].get(op, (0.0, 0))
+        if len(names) > 1:
+            row["difference_ms"] = row[f"{names[-1]}_ms"] - row[f"{names[0]}_ms"]
+        rows.append(row)
+    columns = ["op", *(f"{n}_{k}" for n in names for k in ("ms", "nodes"))] + (["difference_ms"] if len(names) > 1 else [])
+    print_table(f"ONNX Runtime profiler, 1 thread: kernel ms per run by op type (top {top})", rows, columns)
 
 
 def targets_footer(rows: list[dict[str, Any]], threads: list[int]) -> list[str]:
@@ -212,8 +226,9 @@ def main() -> None:
     parser.add_argument("--calib-meshes", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true",
-                        help="also run ONNX Runtime's profiler on the AMQ graph at 1 thread (top op types)")
-    parser.add_argument("--profile-models", default="amq", help="with --profile: which models to profile")
+                        help="also run ONNX Runtime's profiler at 1 thread: kernel time by op type, side by side")
+    parser.add_argument("--profile-models", default="uniform_int8,amq",
+                        help="with --profile: which models to profile (the last minus the first: the difference)")
     parser.add_argument("--workdir", type=Path,
                         help="keep the artifacts here (default: a temporary directory)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
@@ -272,8 +287,8 @@ def main() -> None:
         write_json(args.out, rows)
         print(f"wrote {args.out}")
         if args.profile:
-            for name in args.profile_models.split(","):
-                profile_model(name, paths[name], arrays, args.runs, workdir)
+            print_profiles({name: profile_model(name, paths[name], arrays, args.runs, workdir)
+                            for name in args.profile_models.split(",")})
 
 
 if __name__ == "__main__":
