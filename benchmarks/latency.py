@@ -185,18 +185,21 @@ def print_profiles(profiles: dict[str, dict[str, tuple[float, int]]], top: int =
     """The op types that cost the most kernel time, one column of ms per run for each profiled model and,
     with two or more, the last model's ms minus the first's: where the difference between them goes."""
     names = list(profiles)
-    totals = {name: (sum(ms for ms, _ in p.values()), sum(n for _, n in p.values())) for name, p in profiles.items()}
+    totals = {name: (sum(ms for ms, _ in p.values()), sum(n for _, n in p.values()))
+              for name, p in profiles.items()}
     ops = sorted({op for p in profiles.values() for op in p},
                  key=lambda op: -max(p.get(op, (0.0, 0))[0] for p in profiles.values()))[:top]
     rows = []
     for op in [*ops, "total"]:
         row: dict[str, Any] = {"op": op}
         for name in names:
-            row[f"{name}_ms"], row[f"{name}_nodes"] = totals[name] if op == "total" else profiles[name].get(op, (0.0, 0))
+            ms, nodes = totals[name] if op == "total" else profiles[name].get(op, (0.0, 0))
+            row[f"{name}_ms"], row[f"{name}_nodes"] = ms, nodes
         if len(names) > 1:
             row["difference_ms"] = row[f"{names[-1]}_ms"] - row[f"{names[0]}_ms"]
         rows.append(row)
-    columns = ["op", *(f"{n}_{k}" for n in names for k in ("ms", "nodes"))] + (["difference_ms"] if len(names) > 1 else [])
+    columns = ["op", *(f"{n}_{k}" for n in names for k in ("ms", "nodes"))]
+    columns += ["difference_ms"] if len(names) > 1 else []
     print_table(f"ONNX Runtime profiler, 1 thread: kernel ms per run by op type (top {top})", rows, columns)
 
 

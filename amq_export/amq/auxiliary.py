@@ -110,7 +110,7 @@ class AuxiliaryGNN(nn.Module):
             parts.append((node_type.unsqueeze(-1) == classes).to(x.dtype))
         src, dst = edge_index
         delta = pos.index_select(0, dst) - pos.index_select(0, src)
-        ones = delta.new_ones(delta.size(0), 1)  # not ones_like(delta[:, :1]): ONNX Runtime would copy that slice
+        ones = delta.new_ones(delta.size(0), 1)  # not ones_like(delta[:, :1]): ONNX Runtime copies the slice
         sums = scatter(torch.cat([delta, delta.norm(dim=-1, keepdim=True), ones], dim=-1), dst, dim=0,
                        dim_size=n, reduce="sum")  # per node: sum of delta, of |delta|, in-degree
         degree = sums[:, -1:]
