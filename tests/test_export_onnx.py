@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amq_export.amq.inference_model import AMQInferenceModel, bucket_order
+from amq_export.amq.inference_model import AMQInferenceModel, bucket_order, take_columns
 from amq_export.amq.runtime_silu import runtime_activations
 from amq_export.data.datasets import load_mesh_dataset
 from amq_export.data.mesh_data import MeshData
@@ -147,6 +147,14 @@ def test_bucket_order_is_the_stable_sort(rows, buckets):
     assert torch.equal(order, torch.sort(levels, stable=True).indices)
     assert torch.equal(order[position], torch.arange(rows))
     assert torch.equal(counts, torch.bincount(levels, minlength=buckets))
+
+
+@pytest.mark.parametrize("columns", [0, 1, 9])
+def test_take_columns_is_column_indexing(columns):
+    gen = torch.Generator().manual_seed(columns)
+    t = torch.randint(0, 100, (2, columns), generator=gen)
+    order = torch.randperm(columns, generator=gen)
+    assert torch.equal(take_columns(t, order), t[:, order])
 
 
 def test_inference_model_matches_amq_model_in_torch(tiny, qmodel_factory):

@@ -92,16 +92,17 @@ def test_scatter_with_a_per_element_index_is_left_alone():
 
 
 def _gathered_rows_graph(concat_is_output: bool) -> onnx.ModelProto:
-    """Two row slices of ``[a[i], a[j], r]`` (what one edge Linear's segments take)."""
+    """Two row slices of ``[a[i], a[j], r]`` (what one edge Linear's segments take; ``a`` wider than the rows
+    ``narrow_gather_scatter`` takes)."""
     nodes = [h.make_node("Gather", ["a", "i"], ["ai"], axis=0), h.make_node("Gather", ["a", "j"], ["aj"], axis=0),
              h.make_node("Concat", ["ai", "aj", "r"], ["rows"], axis=-1),
              h.make_node("Slice", ["rows", "s0", "e0", "axes"], ["y0"]),
              h.make_node("Slice", ["rows", "s1", "e1", "axes"], ["y1"])]
     inits = [h.make_tensor(name, T.INT64, [1], [v]) for name, v in
              (("s0", 0), ("e0", 3), ("s1", 3), ("e1", 7), ("axes", 0))]
-    outputs = [h.make_tensor_value_info(name, T.FLOAT, [None, 5]) for name in ("y0", "y1")]
-    outputs += [h.make_tensor_value_info("rows", T.FLOAT, ["e", 5])] if concat_is_output else []
-    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", T.FLOAT, ["n", 2]),
+    outputs = [h.make_tensor_value_info(name, T.FLOAT, [None, 13]) for name in ("y0", "y1")]
+    outputs += [h.make_tensor_value_info("rows", T.FLOAT, ["e", 13])] if concat_is_output else []
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", T.FLOAT, ["n", 6]),
                                       h.make_tensor_value_info("i", T.INT64, ["e"]),
                                       h.make_tensor_value_info("j", T.INT64, ["e"]),
                                       h.make_tensor_value_info("r", T.FLOAT, ["e", 1])], outputs, initializer=inits)
@@ -117,7 +118,7 @@ def test_slice_gathered_rows_slices_the_indices(concat_is_output):
     else:  # each slice gathers its own rows: 4 gathers of 3 and 4 rows, no E-row concatenation
         assert changes["Gather"] == 2 and Counter(n.op_type for n in rewritten.graph.node)["Concat"] == 2
     rng = np.random.default_rng(4)
-    feeds = {"a": rng.standard_normal((6, 2)).astype(np.float32), "i": rng.integers(0, 6, 7),
+    feeds = {"a": rng.standard_normal((6, 6)).astype(np.float32), "i": rng.integers(0, 6, 7),
              "j": rng.integers(0, 6, 7), "r": rng.standard_normal((7, 1)).astype(np.float32)}
     for got, want in zip(_run_all(rewritten, feeds), _run_all(model, feeds)):
         np.testing.assert_array_equal(got, want)
@@ -148,3 +149,44 @@ def test_narrow_exact_sqrt_is_the_float64_root_rounded():
 
 def test_narrow_exact_sqrt_leaves_float64_inputs_alone():
     assert apply_rules(_sqrt_graph(T.DOUBLE), "onnx")[1] == {}
+
+
+def _scalar_index_graph(index_dims: list | None) -> onnx.ModelProto:
+    """Gathers and a scatter of every form the rules take (single values, 3-wide rows), and a gather of 5-wide
+    rows they must leave alone; ``index_dims`` None: the index's rank unknown (only the GatherND may fire)."""
+    nodes = [h.make_node("Gather", ["v", "i"], ["a"]),  # axis by default
+             h.make_node("Gather", ["c", "i"], ["b"], axis=0),
+             h.make_node("GatherND", ["v", "j"], ["g"]),
+             h.make_node("ScatterND", ["v", "j", "u"], ["s"], reduction="add"),
+             h.make_node("Gather", ["m", "i"], ["r"], axis=0),
+             h.make_node("Gather", ["w", "i"], ["q"], axis=0)]
+    vi = h.make_tensor_value_info
+    graph = h.make_graph(nodes, "g", [vi("v", T.INT64, ["n"]), vi("c", T.FLOAT, ["n", 1]), vi("m", T.FLOAT, ["n", 3]),
+                                      vi("w", T.FLOAT, ["n", 5]), vi("i", T.INT64, index_dims), vi("j", T.INT64, ["e", 1]),
+                                      vi("u", T.INT64, ["e"])],
+                         [vi("a", T.INT64, ["e"]), vi("b", T.FLOAT, ["e", 1]), vi("g", T.INT64, ["e"]),
+                          vi("s", T.INT64, ["n"]), vi("r", T.FLOAT, ["e", 3]), vi("q", T.FLOAT, ["e", 5])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+
+
+def test_narrow_gathers_and_scalar_scatters_become_element_kernels():
+    model = _scalar_index_graph(["e"])
+    rewritten, changes = apply_rules(model, "onnx")
+    assert changes["GatherElements"] == 4 and changes["ScatterElements"] == 1 and changes["Transpose"] == 2
+    assert changes["Gather"] == -3 and changes["GatherND"] == -1 and changes["ScatterND"] == -1  # 5-wide rows stay
+    onnx.checker.check_model(rewritten, full_check=True)
+    rng = np.random.default_rng(4)
+    n, e = 9, 40
+    feeds = {"v": rng.integers(0, 100, n), "c": rng.random((n, 1), dtype=np.float32),
+             "m": rng.random((n, 3), dtype=np.float32),
+             "w": rng.random((n, 5), dtype=np.float32), "i": rng.integers(-n, n, e),  # negative indices too
+             "j": rng.integers(0, n, (e, 1)), "u": rng.integers(0, 5, e)}  # repeated targets: the sums
+    got, want = _run_all(rewritten, feeds), _run_all(model, feeds)
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_narrow_gathers_need_the_index_rank():
+    changes = apply_rules(_scalar_index_graph(None), "onnx")[1]
+    assert "Gather" not in changes and changes["GatherElements"] == 1  # only the GatherND, whose index is known

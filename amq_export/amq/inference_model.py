@@ -122,7 +122,7 @@ class AMQInferenceModel(nn.Module):
                     sorted_cluster_levels = cluster_levels.index_select(0, cluster_order)
             sorted_levels = node_levels.index_select(0, perm)
             edge_order, _, counts["edge"] = bucket_order(unsorted_edge_levels, buckets)
-            edge_index = edge_index.index_select(1, edge_order)
+            edge_index = take_columns(edge_index, edge_order)
             edge_levels = unsorted_edge_levels.index_select(0, edge_order)
         else:
             sorted_levels, edge_levels = node_levels, unsorted_edge_levels
@@ -182,15 +182,25 @@ def bucket_order(levels: Tensor, buckets: int) -> tuple[Tensor, Tensor, Tensor]:
     earlier rows in the same bucket: a running count over a [buckets, M] one-hot (``CumSum`` in ONNX), where
     a comparison sort (``TopK`` over all M) costs several times as much at the mesh sizes of deployment.
     The one-hot is laid out bucket-major so that every op runs over M contiguous values (ONNX Runtime's
-    ``Equal`` of [M, 1] against [buckets] took 3.4 ms on 300k edge rows, bucket-major 0.9 ms).
+    ``Equal`` of [M, 1] against [buckets] took 3.4 ms on 300k edge rows, bucket-major 0.9 ms), and counted
+    in int32 (exact below 2^31 rows; ONNX Runtime's int64 ``ReduceSum`` over [2, 300k] took 2.0 ms, int32 0.5).
     """
-    onehot = (torch.arange(buckets, device=levels.device).unsqueeze(1) == levels.unsqueeze(0)).long()
-    running = onehot.cumsum(1)  # [k, i]: how many of rows 0..i are in bucket k
-    counts = onehot.sum(1)
-    starts = counts.cumsum(0) - counts
-    position = (running + (starts - 1).unsqueeze(1)).gather(0, levels.unsqueeze(0)).squeeze(0)
+    onehot = (torch.arange(buckets, device=levels.device).unsqueeze(1) == levels.unsqueeze(0)).int()
+    running = onehot.cumsum(1, dtype=torch.int32)  # [k, i]: how many of rows 0..i are in bucket k
+    counts = onehot.sum(1, dtype=torch.int32)
+    starts = counts.cumsum(0, dtype=torch.int32) - counts
+    position = (running + (starts - 1).unsqueeze(1)).gather(0, levels.unsqueeze(0)).squeeze(0).long()
     order = torch.zeros_like(position).index_put((position,), torch.arange(levels.numel(), device=levels.device))
-    return order, position, counts
+    return order, position, counts.long()
+
+
+def take_columns(t: Tensor, order: Tensor) -> Tensor:
+    """``t[:, order]`` for a [R, M] tensor, as one gather of single values from the flattened tensor: ONNX
+    Runtime's ``Gather`` along axis 1 copies value by value (7.4 ms for [2, 300k]), ``GatherElements`` on a
+    vector runs a typed loop (``passes/onnx/narrow_gather_scatter.py``)."""
+    rows, m = t.shape
+    flat = torch.cat([order + r * m for r in range(rows)])
+    return t.reshape(-1).index_select(0, flat).reshape(rows, -1)
 
 
 def _freeze(main: nn.Module, buckets: dict[str, Tensor]) -> nn.Module:

@@ -9,24 +9,23 @@ from onnxscript.rewriter import rewrite
 
 from passes.onnx.fuse_matmul_integer_to_float import RULES as FUSE_MATMUL_INTEGER_TO_FLOAT
 from passes.onnx.narrow_exact_sqrt import RULE as NARROW_EXACT_SQRT
+from passes.onnx.narrow_gather_scatter import RULES as NARROW_GATHER_SCATTER
 from passes.onnx.scatter_add_rows import RULE as SCATTER_ADD_ROWS
 from passes.onnx.skip_segment_concat import skip_segment_concat
 from passes.onnx.slice_gathered_rows import RULES as SLICE_GATHERED_ROWS
 
-# Every artifact (float ones too, so that comparisons stay fair) gets the "onnx" rules; graph passes
-# that are not one pattern run after a target's rules.
-RULES_BY_TARGET = {"onnx": [SCATTER_ADD_ROWS, *SLICE_GATHERED_ROWS, NARROW_EXACT_SQRT],
-                   "ort": FUSE_MATMUL_INTEGER_TO_FLOAT}
-PASSES_BY_TARGET = {"onnx": [skip_segment_concat], "ort": []}
+# Every artifact (float ones too, so that comparisons stay fair) gets the "onnx" steps, in order: a list
+# of rules is one rewrite sweep, a function a graph pass that is not one pattern. The narrow gathers go
+# last: ``skip_segment_concat`` follows segment rows through the ``Gather`` ops they replace.
+STEPS_BY_TARGET = {"onnx": [[SCATTER_ADD_ROWS, *SLICE_GATHERED_ROWS, NARROW_EXACT_SQRT], skip_segment_concat,
+                            NARROW_GATHER_SCATTER],
+                   "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT]}
 
 
 def apply_rules(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """``model`` with the rules and passes of ``target`` applied; returns it and the change in op counts."""
-    rules, passes = RULES_BY_TARGET[target], PASSES_BY_TARGET[target]
+    """``model`` with the steps of ``target`` applied; returns it and the change in op counts."""
     before = Counter(node.op_type for node in model.graph.node)
-    if rules:
-        model = rewrite(model, pattern_rewrite_rules=rules)
-    for graph_pass in passes:
-        model = graph_pass(model)
+    for step in STEPS_BY_TARGET[target]:
+        model = rewrite(model, pattern_rewrite_rules=step) if isinstance(step, list) else step(model)
     after = Counter(node.op_type for node in model.graph.node)
     return model, {op: after[op] - before[op] for op in before | after if after[op] != before[op]}
