@@ -161,9 +161,10 @@ def _scalar_index_graph(index_dims: list | None) -> onnx.ModelProto:
              h.make_node("Gather", ["m", "i"], ["r"], axis=0),
              h.make_node("Gather", ["w", "i"], ["q"], axis=0)]
     vi = h.make_tensor_value_info
-    graph = h.make_graph(nodes, "g", [vi("v", T.INT64, ["n"]), vi("c", T.FLOAT, ["n", 1]), vi("m", T.FLOAT, ["n", 3]),
-                                      vi("w", T.FLOAT, ["n", 5]), vi("i", T.INT64, index_dims), vi("j", T.INT64, ["e", 1]),
-                                      vi("u", T.INT64, ["e"])],
+    inputs = [vi("v", T.INT64, ["n"]), vi("c", T.FLOAT, ["n", 1]), vi("m", T.FLOAT, ["n", 3]),
+              vi("w", T.FLOAT, ["n", 5]), vi("i", T.INT64, index_dims), vi("j", T.INT64, ["e", 1]),
+              vi("u", T.INT64, ["e"])]
+    graph = h.make_graph(nodes, "g", inputs,
                          [vi("a", T.INT64, ["e"]), vi("b", T.FLOAT, ["e", 1]), vi("g", T.INT64, ["e"]),
                           vi("s", T.INT64, ["n"]), vi("r", T.FLOAT, ["e", 3]), vi("q", T.FLOAT, ["e", 5])])
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
@@ -173,7 +174,7 @@ def test_narrow_gathers_and_scalar_scatters_become_element_kernels():
     model = _scalar_index_graph(["e"])
     rewritten, changes = apply_rules(model, "onnx")
     assert changes["GatherElements"] == 4 and changes["ScatterElements"] == 1 and changes["Transpose"] == 2
-    assert changes["Gather"] == -3 and changes["GatherND"] == -1 and changes["ScatterND"] == -1  # 5-wide rows stay
+    assert changes["Gather"] == -3 and changes["GatherND"] == -1 and changes["ScatterND"] == -1  # 5 wide: stays
     onnx.checker.check_model(rewritten, full_check=True)
     rng = np.random.default_rng(4)
     n, e = 9, 40
@@ -189,4 +190,4 @@ def test_narrow_gathers_and_scalar_scatters_become_element_kernels():
 
 def test_narrow_gathers_need_the_index_rank():
     changes = apply_rules(_scalar_index_graph(None), "onnx")[1]
-    assert "Gather" not in changes and changes["GatherElements"] == 1  # only the GatherND, whose index is known
+    assert "Gather" not in changes and changes["GatherElements"] == 1  # the GatherND only: its index is known

@@ -108,9 +108,10 @@ def _document(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
 
 
 class _quiet_exporter:
-    """Silence the exporter's INFO/WARNING chatter (torchvision, onnxscript) for the duration."""
+    """Silence the exporter's INFO/WARNING chatter (torchvision, onnxscript, onnx_ir's "attribute type is
+    ambiguous" for the empty lists the exporter passes) for the duration."""
 
-    NAMES = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx")
+    NAMES = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "torch.fx")
 
     def __enter__(self) -> None:
         self.levels = {name: logging.getLogger(name).level for name in self.NAMES}

@@ -14,7 +14,8 @@ Patterns and rewrites (``idx`` 1-D; ``data`` 1-D unless said)::
 
     Gather(data, idx, axis=0)                -> GatherElements(data, idx, axis=0)
     Gather(data [N, 1], idx, axis=0)         -> Unsqueeze(GatherElements(Reshape(data, [-1]), idx), [1])
-    Gather(data [N, F], idx, axis=0), F 2..4 -> Transpose(GatherElements(Transpose(data), Expand(idx, [F, E]), axis=1))
+    Gather(data [N, F], idx, axis=0), F 2..4 -> Transpose(GatherElements(Transpose(data),
+                                                                         Expand(idx, [F, E]), axis=1))
     GatherND(data, idx [M, 1], batch_dims=0) -> GatherElements(data, Reshape(idx, [-1]), axis=0)
     ScatterND(data, idx [M, 1], updates [M]) -> ScatterElements(data, Reshape(idx, [-1]), updates, axis=0)
 
@@ -78,7 +79,8 @@ def _gather_nd(op, data, idx):
 
 
 def _check_gather_nd(context, data, idx, out, **_) -> bool:
-    return out.producer().attributes.get_int("batch_dims", 0) == 0 and _rank(data) == 1 and _single_column(idx)
+    batch_dims = out.producer().attributes.get_int("batch_dims", 0)
+    return batch_dims == 0 and _rank(data) == 1 and _single_column(idx)
 
 
 def _rewrite_gather_nd(op, data, idx, **_):
