@@ -20,6 +20,7 @@ from torch_geometric.data import Batch, Data
 from amq_export.checkpoint import load_state_dict_checked
 from amq_export.data.mesh_data import NUM_NODE_TYPES, MeshData, cluster_slots, clusters_of
 from amq_export.errors import AMQError
+from amq_export.models.exact_float import cos_sin
 from amq_export.models.gathered_linear import gathered_linear
 
 MODES = ("unsteady", "steady")
@@ -225,9 +226,9 @@ class GraphViT(nn.Module):
         return torch.where(held, x if forcing is None else forcing, x + delta)
 
     def embed(self, p: Tensor) -> Tensor:
-        """Positional code [..., D] -> [..., 2*pos_length*D]: per coordinate, cos at all frequencies, sin."""
-        a = p.unsqueeze(-1) * self.freq
-        return torch.cat([torch.cos(a), torch.sin(a)], dim=-1).flatten(-2)
+        """Positional code [..., D] -> [..., 2*pos_length*D]: per coordinate, cos at all frequencies, sin
+        (``exact_float.cos_sin``: the code feeds every block's quantized Linears)."""
+        return torch.cat(cos_sin(p.unsqueeze(-1) * self.freq), dim=-1).flatten(-2)
 
     def delta(self, data: Data) -> Tensor:
         """Network output [N, out_features] before the unsteady update (the reference's ``output_hat``)."""
