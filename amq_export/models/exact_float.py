@@ -14,8 +14,9 @@ from torch import Tensor
 
 
 def cos_sin(a: Tensor) -> tuple[Tensor, Tensor]:
-    """``(cos(a), sin(a))`` taken in float64 and rounded once: float32 ``cos`` / ``sin`` differ between PyTorch
-    and ONNX Runtime on 13-17% of GraphViT's positional-code arguments (both a few percent off the correctly
-    rounded value); the float64 results round to the same float32 in both (no difference in 1.6M arguments)."""
+    """``(cos(a), sin(a))`` taken in float64 and rounded once: float32 ``cos`` / ``sin`` differ between
+    PyTorch and ONNX Runtime on 13-17% of GraphViT's positional-code arguments (both a few percent off the
+    correctly rounded value); the float64 results round to the same float32 in both (no difference in 1.6M
+    arguments)."""
     wide = a.double()
     return torch.cos(wide).to(a.dtype), torch.sin(wide).to(a.dtype)
