@@ -69,12 +69,11 @@ def float_model(args, dataset):
         return ckpt.build_model(), Normalizer.from_dict(ckpt.normalizer)
     torch.manual_seed(0)
     model = build_model(args.arch, darcy_config(args.arch))
-    if args.float_epochs:  # a schedule in steps: the same model on a slower machine
-        print(f"no float checkpoint at {path}: training one for {args.float_epochs} epochs")
-        train_float(model, dataset, epochs=args.float_epochs, progress=False)
-    else:
-        print(f"no float checkpoint at {path}: training one for {args.float_time_budget:.0f}s")
-        train_float(model, dataset, epochs=200, time_budget_s=args.float_time_budget, progress=False)
+    # --float-epochs: a schedule in steps, the same model on a slower machine; else the clock's budget
+    epochs, budget = (args.float_epochs, None) if args.float_epochs else (200, args.float_time_budget)
+    print(f"no float checkpoint at {path}: training one for "
+          + (f"{epochs} epochs" if budget is None else f"{budget:.0f}s"))
+    train_float(model, dataset, epochs=epochs, time_budget_s=budget, progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, normalizer=dataset.normalizer.to_dict(), task=dataset.meta)
     return model, dataset.normalizer

@@ -4,10 +4,11 @@
   one segment per bucket (``Slice``), quantized to uint8 by ``QuantizeLinear`` with the bucket's scalar
   scale and zero point, ``sat(round(x / s) + z)``: the integers of the PyTorch op (``amq.bucketed_linear``
   rounds in the same order) once a narrow bucket is clamped by a scalar ``Clip``; then
-  ``MatMulInteger(q, W_int, z_k)``, times the bucket's per-column scale ``t * s_k``, plus the bias, which the ``ort`` target fuses into one ``MatMulIntegerToFloat`` per bucket; the segments'
-  outputs concatenated. Every step is a vectorised kernel: ONNX Runtime runs per-row parameters row by
-  row (a per-row ``QuantizeLinear`` of 300k edge rows costs as much at 3 columns as at 64), and its
-  ``MatMulIntegerToFloat`` with [M, 1] scales is slower and cannot take the bias (measured).
+  ``MatMulInteger(q, W_int, z_k)``, times the bucket's per-column scale ``t * s_k``, plus the bias, which
+  the ``ort`` target fuses into one ``MatMulIntegerToFloat`` per bucket; the segments' outputs concatenated.
+  Every step is a vectorised kernel: ONNX Runtime runs per-row parameters row by row (a per-row
+  ``QuantizeLinear`` of 300k edge rows costs as much at 3 columns as at 64), and its ``MatMulIntegerToFloat``
+  with [M, 1] scales is slower and cannot take the bias (measured).
 - Rows in any order (``bucket_counts`` not given; export with ``sort_rows=False``) take the per-row way:
   ``QuantizeLinear`` (axis 0) with each row's scale, per-row ``Max``/``Min`` bounds, and every row's
   scales gathered after the GEMM; one shared zero point where the buckets allow (``shared_zero_point``),

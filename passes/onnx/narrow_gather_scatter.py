@@ -43,11 +43,6 @@ def _width(value: ir.Value) -> int | None:
     return value.shape[1] if _rank(value) == 2 and isinstance(value.shape[1], int) else None
 
 
-def _single_column(value: ir.Value) -> bool:
-    """Rank 2 with one column: [M, 1]."""
-    return _width(value) == 1
-
-
 def _ints(op, values: list[int]):
     return op.Constant(value=ir.tensor(np.array(values, dtype=np.int64)))
 
@@ -80,7 +75,7 @@ def _gather_nd(op, data, idx):
 
 def _check_gather_nd(context, data, idx, out, **_) -> bool:
     batch_dims = out.producer().attributes.get_int("batch_dims", 0)
-    return batch_dims == 0 and _rank(data) == 1 and _single_column(idx)
+    return batch_dims == 0 and _rank(data) == 1 and _width(idx) == 1
 
 
 def _rewrite_gather_nd(op, data, idx, **_):
@@ -92,7 +87,7 @@ def _scatter_nd(op, data, idx, updates):
 
 
 def _check_scatter_nd(context, data, idx, updates, out, **_) -> bool:
-    return _rank(data) == 1 and _single_column(idx) and _rank(updates) == 1
+    return _rank(data) == 1 and _width(idx) == 1 and _rank(updates) == 1
 
 
 def _rewrite_scatter_nd(op, data, idx, updates, out, **_):
