@@ -52,6 +52,7 @@ def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
             ("aux-offsets", "aux", {"layer_offsets": "water-filling"}),
             ("uniform-offsets", "uniform", {"layer_offsets": "water-filling"}),
             ("aux-frozen", "aux", {"finetune": {"freeze_aux": True}}),
+            ("aux-2layers", "aux", {"aux_layers": 2}),  # a cheaper auxiliary GNN: one message-passing layer less
             ("aux-lwoffsets", "aux", {"layer_offsets": "layerwise"}),
             ("uniform-lwoffsets", "uniform", {"layer_offsets": "layerwise"})]
     if ablations:
