@@ -11,10 +11,11 @@ The quantized models are calibrated on a few small generated Darcy meshes and no
 benchmark measures speed only; accuracy is not its concern (the weights are untrained).
 
 The timed mesh is a triangulated grid (default 224 x 224 = 50,176 nodes) with a Darcy coefficient
-field as input. For each thread count (``--threads``), one ONNX Runtime session per model, 3 warm-up
-runs each, then ``--runs`` timed runs (``time.perf_counter`` around ``run_feeds`` on pre-built feeds)
-interleaved round-robin over the models, so that machine noise hits all of them alike. Reported:
-median, p10 and p90 in ms. Peak memory: one fresh subprocess per (model, threads) builds the session
+field as input. For each thread count (``--threads``), ``--runs`` timed runs per model
+(``time.perf_counter`` around ``run_feeds`` on pre-built feeds) spread over ``--sessions`` blocks; each
+block opens a fresh ONNX Runtime session per model, runs 3 warm-up runs each, then its share of the timed
+runs interleaved round-robin over the models, so that machine noise hits all of them alike. Reported:
+median, p10 and p90 in ms over all runs, and the median of each session. Peak memory: one fresh subprocess per (model, threads) builds the session
 and runs it a few times; ``peak_mb`` is its absolute peak RSS, ``base_mb`` the peak RSS before the
 session was created (Python, torch, the feeds), so ``peak_mb - base_mb`` is the model's own share.
 The peak is the process's ``VmHWM`` (Linux): ``getrusage(RUSAGE_SELF).ru_maxrss`` is carried over
@@ -25,7 +26,7 @@ Targets: AMQ latency at most 0.7x float and at most 1.15x uniform int8, at every
 The footer prints MET / NOT MET for each from the measured numbers.
 
 Prints a table and writes benchmarks/results/latency.json: a list of rows {model, threads, nodes,
-edges, median_ms, p10_ms, p90_ms, runs, peak_mb, base_mb, ratio_vs_float, ratio_vs_uniform_int8,
+edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs, sessions, peak_mb, base_mb, ratio_vs_float, ratio_vs_uniform_int8,
 mean_node_bits, commit}.
 
     python benchmarks/latency.py                  # the benchmark: 50,176 nodes, 1 and 2 threads, 20 runs
@@ -57,6 +58,7 @@ CONFIGS = {"uniform_int8": {"budget": 8.0, "bits": (8,)}, "amq": {"budget": 5.0,
 MESH_FIELDS = ("x", "pos", "edge_index", "node_type")
 WARMUP = 3
 MIN_RUNS = 20
+MIN_SESSIONS = 4
 MIN_NODES = 50_000
 TARGETS = (("float", 0.7), ("uniform_int8", 1.15))  # AMQ median at most this times the model's
 
@@ -110,33 +112,47 @@ def percentile(times: list[float], q: int) -> float:
     return statistics.quantiles(times, n=10, method="inclusive")[q // 10 - 1]
 
 
-def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: int,
-                runs: int) -> dict[str, dict[str, Any]]:
-    """Median / p10 / p90 ms of every model at ``threads``, timed runs interleaved round-robin."""
+def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: int, runs: int,
+                sessions: int) -> dict[str, dict[str, Any]]:
+    """Median / p10 / p90 ms of every model at ``threads`` over ``runs`` timed runs, taken in ``sessions``
+    blocks: each block opens a fresh session per model, warms it up and times its share of the runs,
+    interleaved round-robin. A session's speed is steady within it but varies between sessions (at 2
+    threads on this project's 2-core machine, fresh sessions of the AMQ graph ran at medians of 425-525 ms,
+    of uniform int8 at 360-400), so one session per model would compare two draws of that, not two models."""
+    import gc
+
     from runtimes.onnxruntime import OrtModel
 
     mesh = SimpleNamespace(**arrays)
-    sessions = {name: OrtModel(path, threads=threads) for name, path in paths.items()}
-    feeds = {name: s.feeds(mesh, budget_of(name)) for name, s in sessions.items()}
-    outputs = {}
-    for name, session in sessions.items():
-        for _ in range(WARMUP):
-            outputs[name] = session.run_feeds(feeds[name])
+    names = list(paths)
     times: dict[str, list[float]] = defaultdict(list)
-    names = list(sessions)
-    for i in range(runs):
-        for k in range(len(names)):  # rotate the order so no model always follows the same one
-            name = names[(i + k) % len(names)]
-            session, feed = sessions[name], feeds[name]
-            start = time.perf_counter()
-            session.run_feeds(feed)
-            times[name].append(time.perf_counter() - start)
+    per_session: dict[str, list[float]] = defaultdict(list)
+    outputs = {}
+    share = [runs // sessions + (b < runs % sessions) for b in range(sessions)]
+    for block, block_runs in enumerate(share):
+        models = {name: OrtModel(paths[name], threads=threads) for name in names}
+        feeds = {name: m.feeds(mesh, budget_of(name)) for name, m in models.items()}
+        for name, model in models.items():
+            for _ in range(WARMUP):
+                outputs[name] = model.run_feeds(feeds[name])
+        block_times: dict[str, list[float]] = defaultdict(list)
+        for i in range(block_runs):
+            for k in range(len(names)):  # rotate the order so no model always follows the same one
+                name = names[(block + i + k) % len(names)]
+                start = time.perf_counter()
+                models[name].run_feeds(feeds[name])
+                block_times[name].append((time.perf_counter() - start) * 1e3)
+        for name in names:
+            times[name] += block_times[name]
+            per_session[name].append(round(statistics.median(block_times[name]), 1))
+        del models, feeds
+        gc.collect()
     stats = {}
     for name in names:
-        ms = [t * 1e3 for t in times[name]]
+        ms = times[name]
         bits = outputs[name].get("node_bits")
         stats[name] = {"median_ms": statistics.median(ms), "p10_ms": percentile(ms, 10),
-                       "p90_ms": percentile(ms, 90),
+                       "p90_ms": percentile(ms, 90), "session_medians_ms": per_session[name],
                        "mean_node_bits": float(bits.mean()) if bits is not None and bits.size else None}
     return stats
 
@@ -225,6 +241,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op thread counts")
     parser.add_argument("--runs", type=int, default=MIN_RUNS,
                         help=f"timed runs per (model, threads), after {WARMUP} warm-up runs")
+    parser.add_argument("--sessions", type=int, default=MIN_SESSIONS,
+                        help="fresh ONNX Runtime sessions per (model, threads) the runs are spread over")
     parser.add_argument("--calib-resolution", type=int, default=32)
     parser.add_argument("--calib-meshes", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -247,6 +265,8 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     if args.runs < 2:
         parser.error("--runs must be at least 2 (p10 / p90 need two)")
+    if not 1 <= args.sessions <= args.runs:
+        parser.error("--sessions must be between 1 and --runs")
     if unknown := set(args.profile_models.split(",")) - set(MODELS):
         parser.error(f"--profile-models: unknown {sorted(unknown)}; choose from {', '.join(MODELS)}")
 
@@ -260,17 +280,19 @@ def main() -> None:
         feeds_file = workdir / "mesh.npz"
         np.savez(feeds_file, **arrays)
         print(f"exported {', '.join(MODELS)} in {time.perf_counter() - start:.1f}s; timing on {nodes:,} "
-              f"nodes, {edges:,} edges; {args.runs} runs after {WARMUP} warm-up, round-robin")
+              f"nodes, {edges:,} edges; {args.runs} runs in {args.sessions} fresh sessions per model "
+              f"({WARMUP} warm-up runs each), round-robin")
 
         rev = commit()
         rows = []
         for t in threads:
-            stats = time_models(paths, arrays, t, args.runs)
+            stats = time_models(paths, arrays, t, args.runs, args.sessions)
             for name in MODELS:
                 memory = peak_memory(name, paths[name], feeds_file, t)
                 rows.append({"model": name, "threads": t, "nodes": nodes, "edges": edges,
-                             **{k: round(v, 3) for k, v in stats[name].items() if k != "mean_node_bits"},
-                             "runs": args.runs, "peak_mb": round(memory["peak_mb"], 1),
+                             **{k: round(stats[name][k], 3) for k in ("median_ms", "p10_ms", "p90_ms")},
+                             "session_medians_ms": stats[name]["session_medians_ms"],
+                             "runs": args.runs, "sessions": args.sessions, "peak_mb": round(memory["peak_mb"], 1),
                              "base_mb": round(memory["base_mb"], 1),
                              "mean_node_bits": stats[name]["mean_node_bits"], "commit": rev})
         medians = {(r["model"], r["threads"]): r["median_ms"] for r in rows}
@@ -284,6 +306,9 @@ def main() -> None:
                      "ratio_vs_float", "ratio_vs_uniform_int8"])
         for line in targets_footer(rows, threads):
             print(line)
+        for row in rows:
+            print(f"{row['model']:>12s} at {row['threads']} thread(s), median of each session (ms): "
+                  + ", ".join(f"{m:g}" for m in row["session_medians_ms"]))
         if nodes < MIN_NODES or args.runs < MIN_RUNS:
             print(f"note: {nodes:,} nodes, {args.runs} runs: below the benchmark's {MIN_NODES:,} nodes / "
                   f"{MIN_RUNS} runs, a smoke test only")
