@@ -15,9 +15,10 @@ field as input. For each thread count (``--threads``), ``--runs`` timed runs per
 (``time.perf_counter`` around ``run_feeds`` on pre-built feeds) spread over ``--sessions`` blocks; each
 block opens a fresh ONNX Runtime session per model, runs 3 warm-up runs each, then its share of the timed
 runs interleaved round-robin over the models, so that machine noise hits all of them alike. Reported:
-median, p10 and p90 in ms over all runs, and the median of each session. Peak memory: one fresh subprocess per (model, threads) builds the session
-and runs it a few times; ``peak_mb`` is its absolute peak RSS, ``base_mb`` the peak RSS before the
-session was created (Python, torch, the feeds), so ``peak_mb - base_mb`` is the model's own share.
+median, p10 and p90 in ms over all runs, and the median of each session. Peak memory: one fresh
+subprocess per (model, threads) builds the session and runs it a few times; ``peak_mb`` is its absolute
+peak RSS, ``base_mb`` the peak RSS before the session was created (Python, torch, the feeds), so
+``peak_mb - base_mb`` is the model's own share.
 The peak is the process's ``VmHWM`` (Linux): ``getrusage(RUSAGE_SELF).ru_maxrss`` is carried over
 from the parent through fork + exec, so in a child of this (large) process it reports the parent's
 peak; ``ru_maxrss`` is used only where ``/proc`` is missing.
@@ -26,8 +27,8 @@ Targets: AMQ latency at most 0.7x float and at most 1.15x uniform int8, at every
 The footer prints MET / NOT MET for each from the measured numbers.
 
 Prints a table and writes benchmarks/results/latency.json: a list of rows {model, threads, nodes,
-edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs, sessions, peak_mb, base_mb, ratio_vs_float, ratio_vs_uniform_int8,
-mean_node_bits, commit}.
+edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs, sessions, peak_mb, base_mb, ratio_vs_float,
+ratio_vs_uniform_int8, mean_node_bits, commit}.
 
     python benchmarks/latency.py                  # the benchmark: 50,176 nodes, 1 and 2 threads, 20 runs
     python benchmarks/latency.py --resolution 48 --runs 3 --out /tmp/latency.json --profile   # smoke test
@@ -116,9 +117,9 @@ def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: 
                 sessions: int) -> dict[str, dict[str, Any]]:
     """Median / p10 / p90 ms of every model at ``threads`` over ``runs`` timed runs, taken in ``sessions``
     blocks: each block opens a fresh session per model, warms it up and times its share of the runs,
-    interleaved round-robin. A session's speed is steady within it but varies between sessions (at 2
-    threads on this project's 2-core machine, fresh sessions of the AMQ graph ran at medians of 425-525 ms,
-    of uniform int8 at 360-400), so one session per model would compare two draws of that, not two models."""
+    interleaved round-robin. At 2 threads on this project's 2-core machine whole blocks run slow for every
+    model at once, AMQ most (one run: uniform int8 380-440 ms, AMQ 437-539 by block; the machine's state,
+    not the session: pinning the threads does not change it), so the runs sample several blocks, not one."""
     import gc
 
     from runtimes.onnxruntime import OrtModel
@@ -292,8 +293,8 @@ def main() -> None:
                 rows.append({"model": name, "threads": t, "nodes": nodes, "edges": edges,
                              **{k: round(stats[name][k], 3) for k in ("median_ms", "p10_ms", "p90_ms")},
                              "session_medians_ms": stats[name]["session_medians_ms"],
-                             "runs": args.runs, "sessions": args.sessions, "peak_mb": round(memory["peak_mb"], 1),
-                             "base_mb": round(memory["base_mb"], 1),
+                             "runs": args.runs, "sessions": args.sessions,
+                             "peak_mb": round(memory["peak_mb"], 1), "base_mb": round(memory["base_mb"], 1),
                              "mean_node_bits": stats[name]["mean_node_bits"], "commit": rev})
         medians = {(r["model"], r["threads"]): r["median_ms"] for r in rows}
         for row in rows:

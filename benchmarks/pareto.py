@@ -10,7 +10,8 @@ per-bucket weight bit-widths (`aux-pbw`). `aux-offsets` adds per-layer offsets (
 per-node allocation; `uniform-offsets` the same offsets over uniform items (a static per-layer profile);
 `aux-frozen` keeps the auxiliary model as its warm start left it during QAT (a mesh's allocation stops moving);
 `aux-2layers` has one message-passing layer less in the auxiliary GNN. The float model is
-benchmarks/float_models/<arch>_darcy32.pt (committed) unless --float-checkpoint or --float-epochs say otherwise. Prints a table and writes
+benchmarks/float_models/<arch>_darcy32.pt (committed) unless --float-checkpoint or --float-epochs say
+otherwise. Prints a table and writes
 benchmarks/results/pareto_darcy_<arch>.json: {"rows": [...], "aux_spearman": ..., ...}; rows of auxiliary
 methods also hold their Spearman over all node items of a mesh and within each kind of item.
 
