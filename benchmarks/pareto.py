@@ -73,11 +73,10 @@ COMMITTED_FLOAT_MODELS = Path(__file__).parent / "float_models"
 
 def float_model(args, dataset):
     committed = COMMITTED_FLOAT_MODELS / f"{args.arch}_darcy{args.resolution}.pt"
-    if not (args.float_checkpoint or args.float_epochs) and committed.exists():
-        ckpt = load_checkpoint(committed)
-        if ckpt.task == dataset.meta:  # trained on these very meshes
-            return ckpt.build_model(), Normalizer.from_dict(ckpt.normalizer)
-    path = Path(args.float_checkpoint) if args.float_checkpoint else float_checkpoint(args.arch, args.resolution)
+    use_committed = (not (args.float_checkpoint or args.float_epochs) and committed.exists()
+                     and load_checkpoint(committed).task == dataset.meta)  # trained on these very meshes
+    path = committed if use_committed else \
+        Path(args.float_checkpoint) if args.float_checkpoint else float_checkpoint(args.arch, args.resolution)
     if path.exists():
         ckpt = load_checkpoint(path)
         return ckpt.build_model(), Normalizer.from_dict(ckpt.normalizer)
