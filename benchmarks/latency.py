@@ -28,7 +28,9 @@ The footer prints MET / NOT MET for each from the measured numbers.
 
 Prints a table and writes benchmarks/results/latency.json: a list of rows {model, threads, nodes,
 edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs, sessions, peak_mb, base_mb, ratio_vs_float,
-ratio_vs_uniform_int8, mean_node_bits, commit}.
+ratio_vs_uniform_int8, session_ratios_vs_uniform_int8, mean_node_bits, commit}; with ``--profile``, ONNX
+Runtime's profiler at 1 thread: kernel time by graph stage (before and from the first quantized GEMM)
+and by op type, side by side.
 
     python benchmarks/latency.py                  # the benchmark: 50,176 nodes, 1 and 2 threads, 20 runs
     python benchmarks/latency.py --resolution 48 --runs 3 --out /tmp/latency.json --profile   # smoke test
@@ -178,9 +180,17 @@ def peak_memory(model: str, artifact: Path, feeds_file: Path, threads: int) -> d
                            "--feeds-file", str(feeds_file), "--peak-threads", str(threads)])
 
 
+QUANTIZED_GEMMS = ("MatMulIntegerToFloat", "MatMulInteger")
+STAGES = ("before the first quantized GEMM", "from the first quantized GEMM on")
+
+
 def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: int,
-                  workdir: Path) -> dict[str, tuple[float, int]]:
-    """ONNX Runtime's profiler on one graph at 1 thread: {op type: (kernel ms per run, nodes)}."""
+                  workdir: Path) -> dict[str, dict[str, tuple[float, int]]]:
+    """ONNX Runtime's profiler on one graph at 1 thread, over the timed runs only (warm-up runs allocate and
+    can cost seconds): ``{"ops": {op type: (median kernel ms per run, nodes)}, "stages": {stage: (ms,
+    nodes)}}``. The stages split each run's nodes, in execution order, at the first quantized GEMM: before
+    it, AMQ runs its auxiliary model, the allocation and the bucket sort, uniform int8 almost nothing; from
+    it on, both run the main model (no split for a float graph)."""
     from runtimes.onnxruntime import OrtModel
 
     model = OrtModel(path, threads=1, profile_prefix=str(workdir / f"{name}_profile"))
@@ -188,36 +198,55 @@ def profile_model(name: str, path: Path, arrays: dict[str, np.ndarray], runs: in
     for _ in range(WARMUP + runs):
         model.run_feeds(feeds)
     trace = json.loads(Path(model.session.end_profiling()).read_text())
-    per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for event in trace:
-        op = event.get("args", {}).get("op_name")
-        if event.get("cat") == "Node" and op and event.get("name", "").endswith("_kernel_time"):
-            per_op[op][0] += event["dur"]
-            per_op[op][1] += 1
-    calls = WARMUP + runs
-    return {op: (us / 1e3 / calls, n // calls) for op, (us, n) in per_op.items()}
+    windows = [(e["ts"], e["ts"] + e["dur"]) for e in trace
+               if e.get("cat") == "Session" and e.get("name") == "model_run"][-runs:]
+    kernels = sorted((e["ts"], e["args"]["op_name"], e["dur"] / 1e3) for e in trace
+                     if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+                     and e.get("args", {}).get("op_name"))
+    per_op: dict[str, list[float]] = defaultdict(list)
+    per_stage: dict[str, list[float]] = defaultdict(list)
+    nodes: dict[str, int] = {}
+    for lo, hi in windows:
+        run = [(op, ms) for ts, op, ms in kernels if lo <= ts <= hi]
+        first = next((i for i, (op, _) in enumerate(run) if op in QUANTIZED_GEMMS), None)
+        for op in {op for op, _ in run}:
+            per_op[op].append(sum(ms for o, ms in run if o == op))
+            nodes[op] = sum(o == op for o, _ in run)
+        if first is not None:
+            for stage, part in zip(STAGES, (run[:first], run[first:]), strict=True):
+                per_stage[stage].append(sum(ms for _, ms in part))
+                nodes[stage] = len(part)
+    return {"ops": {op: (statistics.median(ms), nodes[op]) for op, ms in per_op.items()},
+            "stages": {stage: (statistics.median(ms), nodes[stage]) for stage, ms in per_stage.items()}}
 
 
-def print_profiles(profiles: dict[str, dict[str, tuple[float, int]]], top: int = 20) -> None:
-    """The op types that cost the most kernel time, one column of ms per run for each profiled model and,
-    with two or more, the last model's ms minus the first's: where the difference between them goes."""
-    names = list(profiles)
-    totals = {name: (sum(ms for ms, _ in p.values()), sum(n for _, n in p.values()))
-              for name, p in profiles.items()}
-    ops = sorted({op for p in profiles.values() for op in p},
-                 key=lambda op: -max(p.get(op, (0.0, 0))[0] for p in profiles.values()))[:top]
-    rows = []
-    for op in [*ops, "total"]:
-        row: dict[str, Any] = {"op": op}
-        for name in names:
-            ms, nodes = totals[name] if op == "total" else profiles[name].get(op, (0.0, 0))
-            row[f"{name}_ms"], row[f"{name}_nodes"] = ms, nodes
-        if len(names) > 1:
-            row["difference_ms"] = row[f"{names[-1]}_ms"] - row[f"{names[0]}_ms"]
-        rows.append(row)
-    columns = ["op", *(f"{n}_{k}" for n in names for k in ("ms", "nodes"))]
-    columns += ["difference_ms"] if len(names) > 1 else []
-    print_table(f"ONNX Runtime profiler, 1 thread: kernel ms per run by op type (top {top})", rows, columns)
+def print_profiles(profiles: dict[str, dict[str, dict[str, tuple[float, int]]]], top: int = 20) -> None:
+    """Two tables of kernel ms per run, one column per profiled model and, with two or more, the last model's
+    ms minus the first's (where the difference between them goes): by graph stage, then by op type (the
+    op types that cost the most)."""
+    for title, key, keep in (("by graph stage", "stages", None), (f"by op type (top {top})", "ops", top)):
+        parts = {name: p[key] for name, p in profiles.items() if p[key]}
+        names = list(parts)
+        totals = {name: (sum(ms for ms, _ in p.values()), sum(n for _, n in p.values())) for name, p in parts.items()}
+        labels = sorted({label for p in parts.values() for label in p},
+                        key=lambda label: -max(p.get(label, (0.0, 0))[0] for p in parts.values()))[:keep]
+        if key == "stages":
+            labels = [stage for stage in STAGES if stage in labels]
+        if not names:
+            continue
+        rows = []
+        for label in [*labels, "total"]:
+            row: dict[str, Any] = {key[:-1]: label}
+            for name in names:
+                ms, count = totals[name] if label == "total" else parts[name].get(label, (0.0, 0))
+                row[f"{name}_ms"], row[f"{name}_nodes"] = ms, count
+            if len(names) > 1:
+                row["difference_ms"] = row[f"{names[-1]}_ms"] - row[f"{names[0]}_ms"]
+            rows.append(row)
+        columns = [key[:-1], *(f"{n}_{k}" for n in names for k in ("ms", "nodes"))]
+        columns += ["difference_ms"] if len(names) > 1 else []
+        print_table(f"ONNX Runtime profiler, 1 thread, median of the timed runs: kernel ms per run {title}",
+                    rows, columns)
 
 
 def targets_footer(rows: list[dict[str, Any]], threads: list[int]) -> list[str]:
@@ -301,6 +330,9 @@ def main() -> None:
             ref = {name: medians[name, row["threads"]] for name in MODELS}
             row["ratio_vs_float"] = round(row["median_ms"] / ref["float"], 3)
             row["ratio_vs_uniform_int8"] = round(row["median_ms"] / ref["uniform_int8"], 3)
+            paired = next(r for r in rows if r["model"] == "uniform_int8" and r["threads"] == row["threads"])
+            row["session_ratios_vs_uniform_int8"] = [  # each session against uniform int8's, timed in turn with it
+                round(m / u, 3) for m, u in zip(row["session_medians_ms"], paired["session_medians_ms"], strict=True)]
 
         print_table(f"ONNX Runtime latency, MP-PDE, {nodes:,} nodes ({resolution}x{resolution} grid)", rows,
                     ["model", "threads", "nodes", "median_ms", "p10_ms", "p90_ms", "peak_mb", "base_mb",
@@ -309,7 +341,9 @@ def main() -> None:
             print(line)
         for row in rows:
             print(f"{row['model']:>12s} at {row['threads']} thread(s), median of each session (ms): "
-                  + ", ".join(f"{m:g}" for m in row["session_medians_ms"]))
+                  + ", ".join(f"{m:g}" for m in row["session_medians_ms"])
+                  + ("; over uniform int8's: " + ", ".join(f"{r:.3f}" for r in row["session_ratios_vs_uniform_int8"])
+                     if row["model"] == "amq" else ""))
         if nodes < MIN_NODES or args.runs < MIN_RUNS:
             print(f"note: {nodes:,} nodes, {args.runs} runs: below the benchmark's {MIN_NODES:,} nodes / "
                   f"{MIN_RUNS} runs, a smoke test only")
