@@ -17,6 +17,7 @@ from amq_export.amq.allocation import (
     default_bits,
     edge_bits,
     edge_owner,
+    fill_leftover,
     node_item_costs,
     random_scores,
     uniform_bits,
@@ -257,3 +258,32 @@ def test_random_scores():
     first = random_scores(costs, torch.Generator().manual_seed(1))
     assert torch.equal(first, random_scores(costs, torch.Generator().manual_seed(1)))
     assert ((first >= 0) & (first < costs)).all()
+
+
+def test_fill_leftover_spends_what_the_first_step_that_does_not_fit_leaves():
+    scores, costs = torch.tensor([100.0, 1.0]), torch.tensor([10.0, 1.0])
+    chosen = allocate_budget(scores, costs, (2, 3), 2.5)  # item 0's step (cost 10) does not fit the 5.5 left
+    assert chosen.tolist() == [2, 2]
+    assert fill_leftover(scores, costs, (2, 3), 2.5, chosen).tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fill_leftover_keeps_the_budget_and_leaves_no_step_that_fits(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(12, generator=g, dtype=torch.float64)
+    costs = torch.randint(1, 50, (12,), generator=g).double()
+    options, budget = (2, 3, 4, 5, 6), 3.0 + 2.5 * float(torch.rand(1, generator=g))
+    chosen = allocate_budget(scores, costs, options, budget)
+    filled = fill_leftover(scores, costs, options, budget, chosen)
+    assert (filled >= chosen).all()
+    left = budget * float(costs.sum()) - float((filled.double() * costs).sum())
+    assert left >= -1e-9
+    index = {b: k for k, b in enumerate(options)}
+    for b, c in zip(filled.tolist(), costs.tolist()):
+        if b < options[-1]:
+            assert (options[index[b] + 1] - b) * c > left
+
+
+def test_fill_leftover_rejects_bits_that_are_not_options():
+    with pytest.raises(AMQError, match="not one option"):
+        fill_leftover(torch.ones(2), torch.ones(2), (3, 4), 3.5, torch.tensor([3, 7]))

@@ -208,6 +208,36 @@ def allocate_budget(scores: Tensor, costs: Tensor, bits: Iterable[int], budget: 
     return _allocate(s, c, options, budget * total - fixed_cost)
 
 
+def fill_leftover(scores: Tensor, costs: Tensor, bits: Iterable[int], budget: float, chosen: Tensor) -> Tensor:
+    """``chosen`` (bit-widths from ``allocate_budget``) with the budget it leaves spent: of the upgrade steps
+    still open, the one with the highest gain per cost that fits is taken, again and again until none fits
+    (ties: lower item index). ``allocate`` stops at the first step that does not fit, which on a mesh's
+    thousands of items leaves less than one item's step; on a few coarse items (the per-layer baseline's
+    layers) it can leave a tenth of a bit unspent. A Python loop over the items: for tens of them, not for
+    meshes."""
+    options = validate_bits(bits)
+    s, c = _items(scores, costs)
+    level = {b: k for k, b in enumerate(options)}
+    if any(int(b) not in level for b in chosen.tolist()) or chosen.numel() != s.numel():
+        raise AMQError(f"chosen bit-widths {chosen.tolist()} are not one option of {options} per item")
+    levels = [level[int(b)] for b in chosen.tolist()]
+    spare = budget * float(c.sum()) * (1 + _RTOL) - sum(options[k] * float(ci) for k, ci in zip(levels, c.tolist()))
+    while True:
+        best = None  # (gain per cost, item, step cost)
+        for i, k in enumerate(levels):
+            if k + 1 == len(options):
+                continue
+            gap = options[k + 1] - options[k]
+            step_cost = gap * float(c[i])
+            gain = float(s[i]) * (4.0 ** -options[k] - 4.0 ** -options[k + 1]) / step_cost
+            if step_cost <= spare and (best is None or gain > best[0]):
+                best = (gain, i, step_cost)
+        if best is None:
+            return torch.tensor([options[k] for k in levels], dtype=torch.int64, device=chosen.device)
+        levels[best[1]] += 1
+        spare -= best[2]
+
+
 def uniform_bits(costs: Tensor, bits: Iterable[int], budget: float, fixed_cost: float = 0.0) -> Tensor:
     """The uniform baseline: scores proportional to costs (equal sensitivity per row), so every
     upgrade has the same gain per cost within an option and the budget is spread evenly: uniform

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from amq_export.amq.allocation import allocate_budget, edge_owner
+from amq_export.amq.allocation import allocate_budget, edge_owner, fill_leftover
 from amq_export.amq.auxiliary import regression_loss, spearman, start_at_mean
 from amq_export.amq.model import AMQModel, row_counts
 from amq_export.data.mesh_data import num_clusters
@@ -388,6 +388,11 @@ def _layer_sensitivities(qmodel: AMQModel, meshes: Sequence[Any], budget: float,
     return scores, costs
 
 
+def _layerwise_bits(scores: Tensor, costs: Tensor, bits: tuple[int, ...], budget: float) -> Tensor:
+    """One bit-width per layer: the allocator's, then ``fill_leftover``."""
+    return fill_leftover(scores, costs, bits, budget, allocate_budget(scores, costs, bits, budget))
+
+
 def assign_layerwise_bits(
     qmodel: AMQModel, meshes: Sequence[Any], *, budget: float | None = None, normalizer: Any | None = None,
     batches: int = 4, batch_size: int = 8,
@@ -395,12 +400,13 @@ def assign_layerwise_bits(
     """The per-layer mixed-precision baseline (in the spirit of HAWQ / ModelOpt AutoQuantize).
 
     Each quantized layer is one item: its score is its summed row sensitivity over a few batches
-    at uniform bits, its cost its MACs on those meshes; the same allocator spends the same budget.
+    at uniform bits, its cost its MACs on those meshes; the same allocator spends the same budget, and
+    ``fill_leftover`` what its first step that does not fit leaves (a layer's step is coarse).
     The result is stored in ``qmodel.layer_bits`` and used by ``mode="layerwise"``.
     """
     budget = qmodel.amq_config.budget if budget is None else budget
     scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
-    bits = allocate_budget(scores, costs, qmodel.amq_config.bits, budget)
+    bits = _layerwise_bits(scores, costs, qmodel.amq_config.bits, budget)
     qmodel.layer_bits = {layer.name: int(b) for layer, b in zip(qmodel.layers, bits)}
     return qmodel.layer_bits
 
@@ -432,7 +438,7 @@ def choose_layer_offsets(
     scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
     high = min(MAX_LAYER_OFFSET, 8 - bits[-1])
     if profile == "layerwise":
-        layer_bits = allocate_budget(scores, costs, bits, budget).long()
+        layer_bits = _layerwise_bits(scores, costs, bits, budget)
         lowest: dict[str, int] = {}
         for layer, b in zip(qmodel.layers, layer_bits.tolist()):
             lowest[layer.domain] = min(b, lowest.get(layer.domain, b))
