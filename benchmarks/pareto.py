@@ -131,6 +131,22 @@ def main() -> None:
     wanted = set(filter(None, args.methods.split(",")))
     rows, qat_epoch_s = [], []
     rev = commit()
+
+    def save() -> dict:
+        """Write the rows so far (merged into ``out`` with --append): a long sweep cut short keeps its rows."""
+        merged = rows
+        if args.append and out.exists():
+            old = json.loads(out.read_text())
+            fresh = {(r["method"], r["budget"]) for r in rows}
+            merged = [r for r in old["rows"] if (r["method"], r["budget"]) not in fresh] + rows
+        spearmans = [r["aux_spearman"] for r in merged if r["method"] == "aux" and "aux_spearman" in r]
+        payload = {"rows": merged, "aux_spearman": statistics.mean(spearmans) if spearmans else None,
+                   "float_rel_l2": float_rel, "float_epoch_seconds": float_epoch_s,
+                   "qat_epoch_seconds": statistics.mean(qat_epoch_s) if qat_epoch_s else None,
+                   "epochs": args.epochs, "n_train": args.n_train, "n_test": args.n_test, "commit": rev}
+        write_json(out, payload)
+        return payload
+
     for budget in [float(b) for b in args.budgets.split(",")]:
         for name, mode, overrides in methods_for(ablations=budget == 4.0):
             if wanted and name not in wanted:
@@ -169,20 +185,11 @@ def main() -> None:
                 "seeds": len(runs), "commit": rev,
                 **{key: round(statistics.mean(r[key] for r in runs), 4) for key in SPEARMANS if key in runs[0]},
             })
+            save()
     print_table(f"Pareto, Darcy {args.resolution}x{args.resolution}, {args.arch} (float rel-L2 {float_rel:.4f})",
                 rows, ["method", "budget", "b_eff", "rel_l2", "rel_l2_std", "seeds", "bops"])
-    if args.append and out.exists():
-        old = json.loads(out.read_text())
-        fresh = {(r["method"], r["budget"]) for r in rows}
-        rows = [r for r in old["rows"] if (r["method"], r["budget"]) not in fresh] + rows
-    spearmans = [r["aux_spearman"] for r in rows if r["method"] == "aux" and "aux_spearman" in r]
-    payload = {"rows": rows, "aux_spearman": statistics.mean(spearmans) if spearmans else None,
-               "float_rel_l2": float_rel, "float_epoch_seconds": float_epoch_s,
-               "qat_epoch_seconds": statistics.mean(qat_epoch_s) if qat_epoch_s else None,
-               "epochs": args.epochs, "n_train": args.n_train, "n_test": args.n_test, "commit": rev}
-    write_json(out, payload)
+    payload = save()
     print(f"QAT epoch {payload['qat_epoch_seconds']}s vs float epoch {float_epoch_s:.1f}s; wrote {out}")
-
 
 if __name__ == "__main__":
     main()
