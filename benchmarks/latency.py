@@ -26,8 +26,8 @@ peak; ``ru_maxrss`` is used only where ``/proc`` is missing.
 Targets: AMQ latency at most 0.7x float and at most 1.15x uniform int8, at every thread count.
 The footer prints MET / NOT MET for each from the measured numbers.
 
-Prints a table and writes benchmarks/results/latency.json: a list of rows {model, threads, nodes,
-edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs, sessions, peak_mb, base_mb, ratio_vs_float,
+Prints a table and writes benchmarks/results/latency.json, with its plot beside it (``plot_latency.py``):
+a list of rows {model, threads, nodes, edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs, sessions, peak_mb, base_mb, ratio_vs_float,
 ratio_vs_uniform_int8, session_ratios_vs_uniform_int8, mean_node_bits, commit}; with ``--profile``, ONNX
 Runtime's profiler at 1 thread: kernel time by graph stage (before and from the first quantized GEMM)
 and by op type, side by side.
@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from _common import RESULTS, commit, peak_rss_mb, print_table, run_json_child, write_json
+from plot_latency import plot_latency
 
 if TYPE_CHECKING:
     from amq_export.data.normalizer import Normalizer
@@ -348,7 +349,7 @@ def main() -> None:
             print(f"note: {nodes:,} nodes, {args.runs} runs: below the benchmark's {MIN_NODES:,} nodes / "
                   f"{MIN_RUNS} runs, a smoke test only")
         write_json(args.out, rows)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} and {plot_latency(rows, args.out.with_suffix('.png'))}")
         if args.profile:
             print_profiles({name: profile_model(name, paths[name], arrays, args.runs, workdir)
                             for name in args.profile_models.split(",")})
