@@ -29,8 +29,8 @@ The footer prints MET / NOT MET for each from the measured numbers.
 Prints a table and writes benchmarks/results/latency.json, with its plot beside it (``plot_latency.py``):
 a list of rows {model, threads, nodes, edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs,
 sessions, peak_mb, base_mb, ratio_vs_float, ratio_vs_uniform_int8, session_ratios_vs_uniform_int8,
-mean_node_bits, commit}; with ``--profile``, ONNX Runtime's profiler at 1 thread: kernel time by graph stage (before and from the first quantized GEMM)
-and by op type, side by side.
+mean_node_bits, commit}; with ``--profile``, ONNX Runtime's profiler at 1 thread: kernel time by graph
+stage (before and from the first quantized GEMM) and by op type, side by side.
 
     python benchmarks/latency.py                  # the benchmark: 50,176 nodes, 1 and 2 threads, 20 runs
     python benchmarks/latency.py --resolution 48 --runs 3 --out /tmp/latency.json --profile   # smoke test
