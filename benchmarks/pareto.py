@@ -191,5 +191,6 @@ def main() -> None:
     payload = save()
     print(f"QAT epoch {payload['qat_epoch_seconds']}s vs float epoch {float_epoch_s:.1f}s; wrote {out}")
 
+
 if __name__ == "__main__":
     main()
