@@ -228,13 +228,13 @@ def print_profiles(profiles: dict[str, dict[str, dict[str, tuple[float, int]]]],
     for title, key, keep in (("by graph stage", "stages", None), (f"by op type (top {top})", "ops", top)):
         parts = {name: p[key] for name, p in profiles.items() if p[key]}
         names = list(parts)
+        if not names:
+            continue
         totals = {name: (sum(ms for ms, _ in p.values()), sum(n for _, n in p.values())) for name, p in parts.items()}
         labels = sorted({label for p in parts.values() for label in p},
                         key=lambda label: -max(p.get(label, (0.0, 0))[0] for p in parts.values()))[:keep]
         if key == "stages":
             labels = [stage for stage in STAGES if stage in labels]
-        if not names:
-            continue
         rows = []
         for label in [*labels, "total"]:
             row: dict[str, Any] = {key[:-1]: label}
@@ -326,14 +326,14 @@ def main() -> None:
                              "runs": args.runs, "sessions": args.sessions,
                              "peak_mb": round(memory["peak_mb"], 1), "base_mb": round(memory["base_mb"], 1),
                              "mean_node_bits": stats[name]["mean_node_bits"], "commit": rev})
-        medians = {(r["model"], r["threads"]): r["median_ms"] for r in rows}
+        by = {(r["model"], r["threads"]): r for r in rows}
         for row in rows:
-            ref = {name: medians[name, row["threads"]] for name in MODELS}
-            row["ratio_vs_float"] = round(row["median_ms"] / ref["float"], 3)
-            row["ratio_vs_uniform_int8"] = round(row["median_ms"] / ref["uniform_int8"], 3)
-            paired = next(r for r in rows if r["model"] == "uniform_int8" and r["threads"] == row["threads"])
+            ref = {name: by[name, row["threads"]] for name in MODELS}
+            row["ratio_vs_float"] = round(row["median_ms"] / ref["float"]["median_ms"], 3)
+            row["ratio_vs_uniform_int8"] = round(row["median_ms"] / ref["uniform_int8"]["median_ms"], 3)
             row["session_ratios_vs_uniform_int8"] = [  # each session against uniform int8's, timed in turn with it
-                round(m / u, 3) for m, u in zip(row["session_medians_ms"], paired["session_medians_ms"], strict=True)]
+                round(m / u, 3) for m, u in zip(row["session_medians_ms"], ref["uniform_int8"]["session_medians_ms"],
+                                                strict=True)]
 
         print_table(f"ONNX Runtime latency, MP-PDE, {nodes:,} nodes ({resolution}x{resolution} grid)", rows,
                     ["model", "threads", "nodes", "median_ms", "p10_ms", "p90_ms", "peak_mb", "base_mb",
