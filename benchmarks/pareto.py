@@ -73,12 +73,15 @@ COMMITTED_FLOAT_MODELS = Path(__file__).parent / "float_models"
 
 def float_model(args, dataset):
     committed = COMMITTED_FLOAT_MODELS / f"{args.arch}_darcy{args.resolution}.pt"
-    use_committed = (not (args.float_checkpoint or args.float_epochs) and committed.exists()
-                     and load_checkpoint(committed).task == dataset.meta)  # trained on these very meshes
-    path = committed if use_committed else \
-        Path(args.float_checkpoint) if args.float_checkpoint else float_checkpoint(args.arch, args.resolution)
-    if path.exists():
+    path = Path(args.float_checkpoint) if args.float_checkpoint else float_checkpoint(args.arch, args.resolution)
+    ckpt = None
+    if not (args.float_checkpoint or args.float_epochs) and committed.exists():
+        ckpt = load_checkpoint(committed)
+        if ckpt.task != dataset.meta:  # used only where trained on these very meshes
+            ckpt = None
+    if ckpt is None and path.exists():
         ckpt = load_checkpoint(path)
+    if ckpt is not None:
         return ckpt.build_model(), Normalizer.from_dict(ckpt.normalizer)
     torch.manual_seed(0)
     model = build_model(args.arch, darcy_config(args.arch))
@@ -132,13 +135,13 @@ def main() -> None:
     rows, qat_epoch_s = [], []
     rev = commit()
 
+    previous = json.loads(out.read_text())["rows"] if args.append and out.exists() else []
+
     def save() -> dict:
-        """Write the rows so far (merged into ``out`` with --append): a long sweep cut short keeps its rows."""
-        merged = rows
-        if args.append and out.exists():
-            old = json.loads(out.read_text())
-            fresh = {(r["method"], r["budget"]) for r in rows}
-            merged = [r for r in old["rows"] if (r["method"], r["budget"]) not in fresh] + rows
+        """Write the rows so far (merged into ``out``'s rows as they were, with --append): a long sweep cut short
+        keeps its rows."""
+        fresh = {(r["method"], r["budget"]) for r in rows}
+        merged = [r for r in previous if (r["method"], r["budget"]) not in fresh] + rows
         spearmans = [r["aux_spearman"] for r in merged if r["method"] == "aux" and "aux_spearman" in r]
         payload = {"rows": merged, "aux_spearman": statistics.mean(spearmans) if spearmans else None,
                    "float_rel_l2": float_rel, "float_epoch_seconds": float_epoch_s,

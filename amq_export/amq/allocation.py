@@ -91,6 +91,15 @@ def _as_bits(value: float) -> int:
     return struct.unpack("<q", struct.pack("<d", value))[0]
 
 
+def _steps(options: tuple[int, ...], device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """``(gap, slope)`` of the K-1 upgrade steps: ``gap_k = b_{k+1} - b_k`` bits, and the loss decrease per
+    bit ``slope_k = (4^-b_k - 4^-b_{k+1}) / gap_k`` (strictly decreasing in k), so that step k of item i has
+    gain per cost ``slope_k * s_i / c_i`` and cost ``gap_k * c_i`` (float64)."""
+    b = torch.tensor(options, dtype=torch.float64, device=device)
+    gap = b[1:] - b[:-1]
+    return gap, (torch.pow(4.0, -b[:-1]) - torch.pow(4.0, -b[1:])) / gap
+
+
 def _greedy(s: Tensor, c: Tensor, options: tuple[int, ...], spare: float) -> Tensor:
     """Option index per item: the longest prefix of the upgrade steps, sorted by decreasing
     gain per cost (ties: lower option first, then lower item index), whose cost fits ``spare``.
@@ -102,9 +111,7 @@ def _greedy(s: Tensor, c: Tensor, options: tuple[int, ...], spare: float) -> Ten
     explicitly. The result equals the prefix of the single stable sort of all steps.
     """
     n, k_steps = s.numel(), len(options) - 1
-    b = torch.tensor(options, dtype=torch.float64, device=s.device)
-    gap = b[1:] - b[:-1]
-    slope = (torch.pow(4.0, -b[:-1]) - torch.pow(4.0, -b[1:])) / gap  # strictly decreasing in k
+    gap, slope = _steps(options, s.device)
     q_sorted, perm = torch.sort(s / c, descending=True, stable=True)
     # neg_ratio[k, j]: minus the gain per cost of step k of the j-th item in q order; rows ascend.
     # Computed as slope * q like the gain itself, so ties are exactly the float ties of the steps.
@@ -221,15 +228,15 @@ def fill_leftover(scores: Tensor, costs: Tensor, bits: Iterable[int], budget: fl
     if any(int(b) not in level for b in chosen.tolist()) or chosen.numel() != s.numel():
         raise AMQError(f"chosen bit-widths {chosen.tolist()} are not one option of {options} per item")
     levels = [level[int(b)] for b in chosen.tolist()]
+    gap, slope = (v.tolist() for v in _steps(options))
     spare = budget * float(c.sum()) * (1 + _RTOL) - sum(options[k] * float(ci) for k, ci in zip(levels, c.tolist()))
     while True:
         best = None  # (gain per cost, item, step cost)
         for i, k in enumerate(levels):
             if k + 1 == len(options):
                 continue
-            gap = options[k + 1] - options[k]
-            step_cost = gap * float(c[i])
-            gain = float(s[i]) * (4.0 ** -options[k] - 4.0 ** -options[k + 1]) / step_cost
+            step_cost = gap[k] * float(c[i])
+            gain = slope[k] * float(s[i]) / float(c[i])
             if step_cost <= spare and (best is None or gain > best[0]):
                 best = (gain, i, step_cost)
         if best is None:
@@ -308,9 +315,7 @@ def allocate_levels_traceable(scores: Tensor, costs: Tensor, options: tuple[int,
     n, k_steps = s.shape[0], len(options) - 1
     if k_steps == 0:
         return torch.zeros_like(s, dtype=torch.int64)
-    b = torch.tensor(options, dtype=torch.float64, device=s.device)
-    gap = b[1:] - b[:-1]
-    slope = (torch.pow(4.0, -b[:-1]) - torch.pow(4.0, -b[1:])) / gap
+    gap, slope = _steps(options, s.device)
     gain = (slope[:, None] * (s / c)[None, :]).reshape(-1)  # step (k, i) at k * N + i
     step_cost = (gap[:, None] * c[None, :]).reshape(-1)
     order = torch.sort(gain, descending=True, stable=True).indices
