@@ -9,6 +9,7 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
+from amq_export.amq.allocation import owned_edges
 from amq_export.amq.auxiliary import AuxiliaryGNN, regression_loss, spearman
 from amq_export.data.clusters import size_capped_kmeans
 from amq_export.data.mesh import mesh_from_grid
@@ -53,6 +54,14 @@ def test_batch_equals_separate_runs() -> None:
     separate = [model(m) for m in meshes]
     torch.testing.assert_close(nodes, torch.cat([n for n, _ in separate]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(clusters, torch.cat([c for _, c in separate]), rtol=1e-5, atol=1e-6)
+
+
+def test_counted_in_degrees_give_the_same_scores() -> None:
+    """The deployed model counts in-degrees once for the costs and the auxiliary model: the same scores, bit for bit."""
+    model, mesh = _model(), _mesh(7, 3)
+    in_degree = owned_edges(mesh.edge_index, mesh.num_nodes, "target", torch.float32)
+    args = (mesh.x, mesh.pos, mesh.edge_index, mesh.node_type)
+    assert torch.equal(model.forward_tensors(*args)[0], model.forward_tensors(*args, in_degree=in_degree)[0])
 
 
 def test_empty_meshes() -> None:

@@ -64,8 +64,25 @@ def test_graph_is_checked_documented_and_dynamic(exported):
     # bucket sorts (counting, by CumSum) are in the graph
     assert ops["MatMulInteger"] == len(qmodel.layers) * len(qmodel.amq_config.bits)
     assert ops["TopK"] == 1 and ops["CumSum"] >= 3
+    assert _message_sums_of_whole_rows(model) == []  # each segment is summed on its own (skip_segment_concat)
     meta = read_meta(model)
     assert meta["bits"] == list(qmodel.amq_config.bits) and len(meta["layers"]) == len(qmodel.layers)
+
+
+def _message_sums_of_whole_rows(model: onnx.ModelProto) -> list[str]:
+    """The scatter-adds whose updates are a concatenation of row segments, reached back through SiLU
+    (``Mul(x, Sigmoid(x))``): messages that were put together again only to be summed."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def concatenated(name: str) -> bool:
+        node = producers.get(name)
+        if node is None:
+            return False
+        if node.op_type == "Concat":
+            return any(a.name == "axis" and a.i == 0 for a in node.attribute)
+        return node.op_type in ("Mul", "Sigmoid") and any(concatenated(i) for i in node.input)
+
+    return [node.name for node in model.graph.node if node.op_type == "ScatterND" and concatenated(node.input[2])]
 
 
 def test_ort_target_runs_integer_kernels(exported):

@@ -91,35 +91,43 @@ def test_scatter_with_a_per_element_index_is_left_alone():
     assert changes == {}
 
 
-def _gathered_rows_graph(concat_is_output: bool) -> onnx.ModelProto:
+def _gathered_rows_graph(concat_is_output: bool, rest: bool = True, gather_is_output: bool = False) -> onnx.ModelProto:
     """Two row slices of ``[a[i], a[j], r]`` (what one edge Linear's segments take; ``a`` wider than the rows
-    ``narrow_gather_scatter`` takes)."""
+    ``narrow_gather_scatter`` takes); without ``r`` when not ``rest``; ``a[j]`` also an output where
+    ``gather_is_output``."""
     nodes = [h.make_node("Gather", ["a", "i"], ["ai"], axis=0), h.make_node("Gather", ["a", "j"], ["aj"], axis=0),
-             h.make_node("Concat", ["ai", "aj", "r"], ["rows"], axis=-1),
+             h.make_node("Concat", ["ai", "aj", "r"] if rest else ["ai", "aj"], ["rows"], axis=-1),
              h.make_node("Slice", ["rows", "s0", "e0", "axes"], ["y0"]),
              h.make_node("Slice", ["rows", "s1", "e1", "axes"], ["y1"])]
     inits = [h.make_tensor(name, T.INT64, [1], [v]) for name, v in
              (("s0", 0), ("e0", 3), ("s1", 3), ("e1", 7), ("axes", 0))]
-    outputs = [h.make_tensor_value_info(name, T.FLOAT, [None, 13]) for name in ("y0", "y1")]
-    outputs += [h.make_tensor_value_info("rows", T.FLOAT, ["e", 13])] if concat_is_output else []
-    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", T.FLOAT, ["n", 6]),
-                                      h.make_tensor_value_info("i", T.INT64, ["e"]),
-                                      h.make_tensor_value_info("j", T.INT64, ["e"]),
-                                      h.make_tensor_value_info("r", T.FLOAT, ["e", 1])], outputs, initializer=inits)
+    columns = 13 if rest else 12
+    outputs = [h.make_tensor_value_info(name, T.FLOAT, [None, columns]) for name in ("y0", "y1")]
+    outputs += [h.make_tensor_value_info("rows", T.FLOAT, ["e", columns])] if concat_is_output else []
+    outputs += [h.make_tensor_value_info("aj", T.FLOAT, ["e", 6])] if gather_is_output else []
+    inputs = [h.make_tensor_value_info("a", T.FLOAT, ["n", 6]), h.make_tensor_value_info("i", T.INT64, ["e"]),
+              h.make_tensor_value_info("j", T.INT64, ["e"])]
+    inputs += [h.make_tensor_value_info("r", T.FLOAT, ["e", 1])] if rest else []
+    graph = h.make_graph(nodes, "g", inputs, outputs, initializer=inits)
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
 
 
-@pytest.mark.parametrize("concat_is_output", [False, True])
-def test_slice_gathered_rows_slices_the_indices(concat_is_output):
-    model = _gathered_rows_graph(concat_is_output)
+@pytest.mark.parametrize(("concat_is_output", "rest", "gather_is_output"),
+                         [(False, True, False), (True, True, False), (False, False, False), (False, True, True)])
+def test_slice_gathered_rows_slices_the_indices(concat_is_output, rest, gather_is_output):
+    model = _gathered_rows_graph(concat_is_output, rest, gather_is_output)
     rewritten, changes = apply_rules(model, "onnx")
+    ops = Counter(n.op_type for n in rewritten.graph.node)
     if concat_is_output:  # the whole rows are built anyway: left alone
         assert "Gather" not in changes
+    elif gather_is_output:  # a[j] is needed whole: its rows are sliced, a[i]'s gathered by sliced indices
+        assert changes["Gather"] == 1 and ops["Concat"] == 2
     else:  # each slice gathers its own rows: 4 gathers of 3 and 4 rows, no E-row concatenation
-        assert changes["Gather"] == 2 and Counter(n.op_type for n in rewritten.graph.node)["Concat"] == 2
+        assert changes["Gather"] == 2 and ops["Concat"] == 2
     rng = np.random.default_rng(4)
     feeds = {"a": rng.standard_normal((6, 6)).astype(np.float32), "i": rng.integers(0, 6, 7),
              "j": rng.integers(0, 6, 7), "r": rng.standard_normal((7, 1)).astype(np.float32)}
+    feeds = feeds if rest else {k: v for k, v in feeds.items() if k != "r"}
     for got, want in zip(_run_all(rewritten, feeds), _run_all(model, feeds)):
         np.testing.assert_array_equal(got, want)
 

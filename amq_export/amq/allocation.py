@@ -285,19 +285,26 @@ def edge_owner(edge_index: Tensor, rule: EdgeRule = "target") -> Tensor:
     return edge_index[0] if rule == "source" else edge_index[1]
 
 
+def owned_edges(edge_index: Tensor, num_nodes: int, rule: EdgeRule = "target",
+                dtype: torch.dtype = torch.float64) -> Tensor:
+    """How many edges every node owns (``edge_owner``), counted in ``dtype`` (exact in float32 below 2^24)."""
+    owner = edge_owner(edge_index, rule)
+    # index_add rather than bincount: no output shape depends on values, so graphs can trace it
+    return torch.zeros(num_nodes, dtype=dtype, device=owner.device).index_add(
+        0, owner, torch.ones(owner.shape[0], dtype=dtype, device=owner.device))
+
+
 def node_item_costs(node_macs_per_row: float, edge_macs_per_row: float, edge_index: Tensor, num_nodes: int,
-                    weight_bits: int, rule: EdgeRule = "target") -> Tensor:
+                    weight_bits: int, rule: EdgeRule = "target", owned: Tensor | None = None) -> Tensor:
     """Cost of one activation bit of the two items of every node (float64 [N, 2], ``NODE_ITEMS`` order).
 
     Column 0 is the node's own rows, ``node_macs_per_row * weight_bits``; column 1 the rows of the edges it
     owns (``edge_owner``), ``owned_edges_i * edge_macs_per_row * weight_bits``; MACs per row summed over the
     quantized layers of each domain. Items that own no rows cost ``EMPTY_ITEM_COST``. Under the ``max`` edge
     rule an edge may run above its owner's bits, so the BOPs spent can exceed what these costs count.
+    ``owned``: the counts of ``owned_edges`` where the caller has them already.
     """
-    owner = edge_owner(edge_index, rule)
-    # index_add rather than bincount: no output shape depends on values, so graphs can trace it
-    owned = torch.zeros(num_nodes, dtype=torch.float64, device=owner.device).index_add(
-        0, owner, torch.ones(owner.shape[0], dtype=torch.float64, device=owner.device))
+    owned = (owned_edges(edge_index, num_nodes, rule) if owned is None else owned).to(torch.float64)
     costs = torch.stack([torch.full_like(owned, float(node_macs_per_row)), owned * edge_macs_per_row], dim=1)
     return (costs * weight_bits).clamp_min(EMPTY_ITEM_COST)
 

@@ -128,6 +128,20 @@ def _(q: Tensor, row_bucket: Tensor, act_scale: Tensor, weight_int_t: Tensor, we
     return q.new_empty(q.shape[0], weight_int_t.shape[1], dtype=torch.float32)
 
 
+@torch.library.custom_op("amq::gather_bucket_rows", mutates_args=())
+def gather_bucket_rows(tables: list[Tensor], index: Tensor, row_bucket: Tensor,
+                       bucket_counts: Tensor | None = None) -> Tensor:
+    """Row ``r`` is ``tables[row_bucket[r]][index[r]]`` (K tables of the same shape [N, F]: the node rows
+    quantized at every bucket). ``bucket_counts`` as in ``bucketed_linear``: then segment ``k`` gathers from
+    table ``k`` alone, and the tables are never concatenated."""
+    return torch.cat(tables).index_select(0, row_bucket * tables[0].shape[0] + index)
+
+
+@gather_bucket_rows.register_fake
+def _(tables: list[Tensor], index: Tensor, row_bucket: Tensor, bucket_counts: Tensor | None = None) -> Tensor:
+    return tables[0].new_empty(index.shape[0], *tables[0].shape[1:])
+
+
 class IntegerForm(NamedTuple):
     """A trained ``AdaptiveQuantLinear`` as the integers and scales ``bucketed_linear`` takes."""
 
@@ -203,12 +217,11 @@ def gathered_int_linear(form: IntegerForm, flags: tuple[tuple[bool, ...], int], 
         return torch.ops.amq.bucketed_linear(gathered_rows(h, indices, rest), row_bucket, *form, *flags,
                                              bucket_counts=bucket_counts)
     act = (form.act_scale, form.act_zero_point, form.act_qmax)
-    n = h.shape[0]
-    per_bucket = torch.cat([torch.ops.amq.quantize_bucket(h, k, *act, clip, shared)
-                            for k in range(form.act_scale.shape[0])])  # [K * N, in]: bucket k at k * N
-    rest = (torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared, bucket_counts=bucket_counts)
-            if rest is not None else None)
-    rows = gathered_rows(per_bucket, [row_bucket * n + index for index in indices], rest)
+    tables = [torch.ops.amq.quantize_bucket(h, k, *act, clip, shared) for k in range(form.act_scale.shape[0])]
+    parts = [torch.ops.amq.gather_bucket_rows(tables, index, row_bucket, bucket_counts) for index in indices]
+    if rest is not None:
+        parts.append(torch.ops.amq.quantize_rows(rest, row_bucket, *act, clip, shared, bucket_counts=bucket_counts))
+    rows = torch.cat(parts, dim=-1)
     return torch.ops.amq.int_linear(rows, row_bucket, form.act_scale, form.weight_int_t, form.weight_scale,
                                     form.bias, shared, bucket_counts=bucket_counts)
 

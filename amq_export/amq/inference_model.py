@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from amq_export.amq.allocation import allocate_levels_traceable, edge_bits, node_item_costs
+from amq_export.amq.allocation import allocate_levels_traceable, edge_bits, node_item_costs, owned_edges
 from amq_export.amq.auxiliary import macs_from_rows
 from amq_export.amq.bucketed_linear import BucketedIntLinear, counts_key, integer_form
 from amq_export.amq.cost import aux_bops
@@ -150,8 +150,11 @@ class AMQInferenceModel(nn.Module):
             return torch.zeros(2 * n + c, dtype=torch.int64, device=x.device)
         if budget is None:
             raise AMQError("the deployed model needs a budget input")
+        # the auxiliary model reads in-degrees, which are the owned edges' counts under the target rule: count once
+        in_degree = (owned_edges(edge_index, n, dtype=x.dtype) if self.aux is not None and self.edge_rule == "target"
+                     else None)
         costs = node_item_costs(self.node_macs, self.edge_macs, edge_index, n, self.weight_bits,
-                                self.edge_rule).reshape(-1)
+                                self.edge_rule, owned=in_degree).reshape(-1)
         if self.has_clusters:
             costs = torch.cat([costs, costs.new_full((c,), self.cluster_macs * self.weight_bits)])
         capacity = budget.to(torch.float64).reshape(()) * costs.sum()
@@ -160,7 +163,7 @@ class AMQInferenceModel(nn.Module):
                                    + self.offset_bops["cluster"] * c)
         if self.aux is not None:
             node_scores, cluster_scores = self.aux.forward_tensors(
-                x, pos, edge_index, node_type, clusters=clusters if self.has_clusters else None)
+                x, pos, edge_index, node_type, clusters=clusters if self.has_clusters else None, in_degree=in_degree)
             node_scores = node_scores.reshape(-1)
             scores = (torch.cat([node_scores, cluster_scores]) if self.has_clusters else node_scores).double().exp()
             capacity = capacity - aux_bops(macs_from_rows(self.aux_macs, nodes=n, edges=e, clusters=c))

@@ -16,7 +16,8 @@
 - ``amq::quantize_rows`` and ``amq::int_linear``, the two halves of the shared-zero-point case (used
   where a layer's rows are gathered node rows, ``BucketedIntLinear.gathered``), lower alike, segment by
   segment where counts are given; ``amq::quantize_bucket`` (the node rows' copy at one bucket) is one
-  scalar segment.
+  scalar segment, and ``amq::gather_bucket_rows`` gathers each segment's rows from its bucket's copy (rows in
+  any order: from the copies concatenated, at ``bucket * N + index``).
 - ``amq::runtime_silu`` (ONNX Runtime's SiLU, emulated in PyTorch) -> ``Mul(x, Sigmoid(x))``, which ONNX
   Runtime fuses into ``QuickGelu``.
 - ``aten.sort.stable`` -> ``TopK`` over the whole axis; ONNX breaks ``TopK`` ties by the lower
@@ -109,6 +110,16 @@ def quantize_rows(x, row_bucket, act_scale, act_zero_point, act_qmax, clip, shar
     return q
 
 
+def gather_bucket_rows(tables, index, row_bucket, bucket_counts=None):
+    if len(tables) == 1:
+        return op.Gather(tables[0], index, axis=0)
+    if bucket_counts is None:  # rows in any order: bucket k's table starts at row k * N of their concatenation
+        offset = op.Mul(row_bucket, op.Shape(tables[0], start=0, end=1))
+        return op.Gather(op.Concat(*tables, axis=0), op.Add(offset, index), axis=0)
+    return _concat_rows([op.Gather(table, part, axis=0)
+                         for table, part in zip(tables, _split_rows(index, bucket_counts, len(tables)), strict=True)])
+
+
 def int_linear(q, row_bucket, act_scale, weight_int_t, weight_scale, bias, shared_zero_point: int,
                bucket_counts=None):
     buckets = _bucket_count(act_scale)
@@ -156,5 +167,6 @@ def translation_table() -> dict[Callable, Callable]:
 
     return {torch.ops.amq.bucketed_linear.default: bucketed_linear, torch.ops.amq.quantize_rows.default: quantize_rows,
             torch.ops.amq.quantize_bucket.default: quantize_bucket,
+            torch.ops.amq.gather_bucket_rows.default: gather_bucket_rows,
             torch.ops.amq.int_linear.default: int_linear, torch.ops.amq.runtime_silu.default: runtime_silu,
             torch.ops.aten.sort.stable: sort_stable}

@@ -12,13 +12,14 @@ from passes.onnx.narrow_exact_sqrt import RULE as NARROW_EXACT_SQRT
 from passes.onnx.narrow_gather_scatter import RULES as NARROW_GATHER_SCATTER
 from passes.onnx.scatter_add_rows import RULE as SCATTER_ADD_ROWS
 from passes.onnx.skip_segment_concat import skip_segment_concat
-from passes.onnx.slice_gathered_rows import RULES as SLICE_GATHERED_ROWS
+from passes.onnx.slice_gathered_rows import COLUMN_RULES as SLICE_COLUMN_CONCAT
+from passes.onnx.slice_gathered_rows import GATHER_RULES as SLICE_GATHER
 
 # Every artifact (float ones too, so that comparisons stay fair) gets the "onnx" steps, in order: a list
 # of rules is one rewrite sweep, a function a graph pass that is not one pattern. The narrow gathers go
 # last: ``skip_segment_concat`` follows segment rows through the ``Gather`` ops they replace.
-STEPS_BY_TARGET = {"onnx": [[SCATTER_ADD_ROWS, *SLICE_GATHERED_ROWS, NARROW_EXACT_SQRT], skip_segment_concat,
-                            NARROW_GATHER_SCATTER],
+STEPS_BY_TARGET = {"onnx": [[SCATTER_ADD_ROWS, *SLICE_COLUMN_CONCAT, NARROW_EXACT_SQRT], SLICE_GATHER,
+                            skip_segment_concat, NARROW_GATHER_SCATTER],
                    "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT]}
 
 

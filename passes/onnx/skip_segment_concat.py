@@ -32,6 +32,9 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+# How many ops ``_rows_of`` walks back to a segment slice: an MLP's second Linear is about 25 ops from the
+# slice of the index its first Linear's rows were gathered by.
+MAX_TRACE = 40
 _UNARY = frozenset({"Sigmoid", "Tanh", "Relu", "Erf", "Exp", "Neg", "Identity", "Cast", "Softplus"})
 _BINARY = frozenset({"Mul", "Add", "Sub", "Div"})
 
@@ -103,7 +106,7 @@ def _rows_of(value: ir.Value, depth: int = 0) -> tuple[ir.Value, int] | None:
     """``(c, k)`` where ``value``'s rows are segment ``k`` of ``c``: row-wise (or row-preserving GEMM)
     steps back to a segment ``Slice``."""
     node = value.producer()
-    if node is None or depth > 16:
+    if node is None or depth > MAX_TRACE:
         return None
     found = segment_slice(node)
     if found is not None:
