@@ -12,9 +12,9 @@ benchmark measures speed only; accuracy is not its concern (the weights are untr
 
 The timed mesh is a triangulated grid (default 224 x 224 = 50,176 nodes) with a Darcy coefficient
 field as input. For each thread count (``--threads``), ``--runs`` timed runs per model
-(``time.perf_counter`` around ``run_feeds`` on pre-built feeds) spread over ``--sessions`` blocks; each
-block opens a fresh ONNX Runtime session per model, runs 3 warm-up runs each, then its share of the timed
-runs interleaved round-robin over the models, so that machine noise hits all of them alike. Reported:
+(``time.perf_counter`` around ``run_feeds`` on pre-built feeds) spread over ``--sessions`` blocks; in each
+block every model in turn (order rotated between blocks) opens a fresh ONNX Runtime session, runs 3 warm-up
+runs, then its share of the timed runs, and closes it: one session alive at a time (``time_models``). Reported:
 median, p10 and p90 in ms over all runs, and the median of each session. Peak memory: one fresh
 subprocess per (model, threads) builds the session and runs it a few times; ``peak_mb`` is its absolute
 peak RSS, ``base_mb`` the peak RSS before the session was created (Python, torch, the feeds), so
@@ -119,10 +119,11 @@ def percentile(times: list[float], q: int) -> float:
 def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: int, runs: int,
                 sessions: int) -> dict[str, dict[str, Any]]:
     """Median / p10 / p90 ms of every model at ``threads`` over ``runs`` timed runs, taken in ``sessions``
-    blocks: each block opens a fresh session per model, warms it up and times its share of the runs,
-    interleaved round-robin. At 2 threads on this project's 2-core machine whole blocks run slow for every
-    model at once, AMQ most (one run: uniform int8 380-440 ms, AMQ 437-539 by block; the machine's state,
-    not the session: pinning the threads does not change it), so the runs sample several blocks, not one."""
+    blocks: in each block every model in turn (the order rotated from block to block) opens a fresh session,
+    warms it up, times its share of the runs and closes it, so that machine noise reaches every model over
+    the blocks and only one session is alive at a time. (With all models' sessions open at once, each session's
+    idle thread pool spins after its run on the 2 cores the running one needs: at 2 threads that made whole
+    blocks slow, AMQ's most, uniform int8 424 ms against 352-368 alone, AMQ 1.25-1.31x against 1.15-1.24x.)"""
     import gc
 
     from runtimes.onnxruntime import OrtModel
@@ -134,23 +135,22 @@ def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: 
     outputs = {}
     share = [runs // sessions + (b < runs % sessions) for b in range(sessions)]
     for block, block_runs in enumerate(share):
-        models = {name: OrtModel(paths[name], threads=threads) for name in names}
-        feeds = {name: m.feeds(mesh, budget_of(name)) for name, m in models.items()}
-        for name, model in models.items():
-            for _ in range(WARMUP):
-                outputs[name] = model.run_feeds(feeds[name])
         block_times: dict[str, list[float]] = defaultdict(list)
-        for i in range(block_runs):
-            for k in range(len(names)):  # rotate the order so no model always follows the same one
-                name = names[(block + i + k) % len(names)]
+        for k in range(len(names)):  # rotate the order so no model always follows the same one
+            name = names[(block + k) % len(names)]
+            model = OrtModel(paths[name], threads=threads)
+            feeds = model.feeds(mesh, budget_of(name))
+            for _ in range(WARMUP):
+                outputs[name] = model.run_feeds(feeds)
+            for _ in range(block_runs):
                 start = time.perf_counter()
-                models[name].run_feeds(feeds[name])
+                model.run_feeds(feeds)
                 block_times[name].append((time.perf_counter() - start) * 1e3)
+            del model, feeds
+            gc.collect()
         for name in names:
             times[name] += block_times[name]
             per_session[name].append(round(statistics.median(block_times[name]), 1))
-        del models, feeds
-        gc.collect()
     stats = {}
     for name in names:
         ms = times[name]
@@ -312,7 +312,7 @@ def main() -> None:
         np.savez(feeds_file, **arrays)
         print(f"exported {', '.join(MODELS)} in {time.perf_counter() - start:.1f}s; timing on {nodes:,} "
               f"nodes, {edges:,} edges; {args.runs} runs in {args.sessions} fresh sessions per model "
-              f"({WARMUP} warm-up runs each), round-robin")
+              f"({WARMUP} warm-up runs each), one session alive at a time")
 
         rev = commit()
         rows = []
