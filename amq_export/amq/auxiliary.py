@@ -47,7 +47,8 @@ class AuxLayer(MessagePassing):
     def forward(self, h: Tensor, edge_index: Tensor, inv_degree: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         m = self.propagate(edge_index, x=self.project(h), size=(h.size(0), h.size(0))) * inv_degree
         pool = scatter(h, batch, dim=0, dim_size=num_graphs, reduce="mean")
-        return h + F.silu(self.update_lin(torch.cat([h, m], dim=-1)) + _per_node(self.global_lin(pool), batch, num_graphs))
+        context = _per_node(self.global_lin(pool), batch, num_graphs)
+        return h + F.silu(self.update_lin(torch.cat([h, m], dim=-1)) + context)
 
 
 class AuxiliaryGNN(nn.Module):
