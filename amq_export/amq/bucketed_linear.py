@@ -133,7 +133,10 @@ def gather_bucket_rows(tables: list[Tensor], index: Tensor, row_bucket: Tensor,
                        bucket_counts: Tensor | None = None) -> Tensor:
     """Row ``r`` is ``tables[row_bucket[r]][index[r]]`` (K tables of the same shape [N, F]: the node rows
     quantized at every bucket). ``bucket_counts`` as in ``bucketed_linear``: then segment ``k`` gathers from
-    table ``k`` alone, and the tables are never concatenated."""
+    table ``k`` alone, and the tables are never concatenated (here as in the lowering)."""
+    if bucket_counts is not None:
+        parts = index.split(bucket_counts.tolist())
+        return torch.cat([table.index_select(0, part) for table, part in zip(tables, parts, strict=True)])
     return torch.cat(tables).index_select(0, row_bucket * tables[0].shape[0] + index)
 
 
