@@ -227,3 +227,44 @@ def test_rounding_follows_quantize_linear_just_below_half_steps() -> None:
                                    providers=["CPUExecutionProvider"])
     got = session.run(None, {"x": x.numpy(), "row_bucket": row_bucket.numpy()})[0]
     np.testing.assert_array_equal(got, expected)
+
+
+class _GreedyPrefix(nn.Module):
+    def forward(self, gain: Tensor, cost: Tensor, spare: Tensor) -> Tensor:
+        return torch.ops.amq.greedy_prefix(gain, cost, spare)
+
+
+def test_greedy_prefix_without_the_full_sort_takes_the_sorts_prefix() -> None:
+    """The histogram lowering of ``amq::greedy_prefix`` marks exactly the steps of the sorted prefix: gains
+    spread over many orders of magnitude, gains with many ties and zeros, all equal, all zero, no steps;
+    budgets from below nothing to above everything, and budgets one prefix spends exactly; integer costs
+    (MACs times bits, as the allocation's)."""
+    import amq_export.amq.greedy_prefix  # noqa: F401
+
+    steps = torch.export.Dim("steps")
+    example = (torch.rand(10, dtype=torch.float64), torch.ones(10, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64))
+    model = torch.onnx.export(_GreedyPrefix(), example, dynamo=True, opset_version=OPSET,
+                              input_names=["gain", "cost", "spare"], dynamic_shapes=({0: steps}, {0: steps}, None),
+                              custom_translation_table=translation_table(), verbose=False).model_proto
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert ops["TopK"] == 1 and ops["ScatterElements"] == 2  # the one bin's sort; the histogram and the result
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    gains = [lambda n: torch.exp(torch.randn(n, generator=gen, dtype=torch.float64) * 3),
+             lambda n: torch.exp(torch.randn(n, generator=gen, dtype=torch.float64) * 30),  # beyond the bins' range
+             lambda n: torch.randint(0, 4, (n,), generator=gen).double(),
+             lambda n: torch.full((n,), 0.5, dtype=torch.float64), lambda n: torch.zeros(n, dtype=torch.float64)]
+    taken_some = 0
+    for trial in range(100):
+        n = [0, 1, 2000][trial % 3]
+        gain = gains[trial % len(gains)](n)
+        cost = torch.randint(1, 100, (n,), generator=gen).double() * 8
+        spare = torch.tensor((float(torch.rand(1, generator=gen)) * 1.2 - 0.05) * float(cost.sum()), dtype=torch.float64)
+        if trial % 4 == 0 and n:  # a budget that one prefix spends exactly
+            order = torch.sort(gain, descending=True, stable=True).indices
+            spare = cost[order].cumsum(0)[int(torch.randint(0, n, (1,), generator=gen))]
+        expected = torch.ops.amq.greedy_prefix(gain, cost, spare).numpy()
+        got = session.run(None, {"gain": gain.numpy(), "cost": cost.numpy(), "spare": spare.numpy()})[0]
+        np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
+        taken_some += 0 < expected.sum() < n
+    assert taken_some > 20  # the budget ran out inside the steps, not only before or after them all

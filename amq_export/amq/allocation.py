@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+import amq_export.amq.greedy_prefix  # noqa: F401  (registers torch.ops.amq.greedy_prefix)
 from amq_export.errors import AMQError
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -314,8 +315,8 @@ def allocate_levels_traceable(scores: Tensor, costs: Tensor, options: tuple[int,
 
     Returns the option index per item (int64 [N]). It is the literal form of the greedy: one stable
     sort of all N x (K-1) upgrade steps, option-major, so ties go to the lower option, then the lower
-    item index (ONNX ``TopK`` breaks ties the same way), and the longest prefix whose cumulative cost
-    fits. ``capacity`` is a float64 scalar tensor; the checks of ``allocate`` are the caller's job.
+    item index, and the longest prefix whose cumulative cost fits (``greedy_prefix``, an op of its own
+    that ONNX computes without the sort). ``capacity`` is a float64 scalar tensor; the checks of ``allocate`` are the caller's job.
     Equal to ``allocate`` for the same float64 inputs (tested).
     """
     s, c = scores.to(torch.float64), costs.to(torch.float64)
@@ -325,8 +326,5 @@ def allocate_levels_traceable(scores: Tensor, costs: Tensor, options: tuple[int,
     gap, slope = _steps(options, s.device)
     gain = (slope[:, None] * (s / c)[None, :]).reshape(-1)  # step (k, i) at k * N + i
     step_cost = (gap[:, None] * c[None, :]).reshape(-1)
-    order = torch.sort(gain, descending=True, stable=True).indices
     spare = capacity * (1 + _RTOL) - options[0] * c.sum()
-    taken = (step_cost.index_select(0, order).cumsum(0) <= spare).to(torch.int64)
-    per_step = torch.zeros_like(taken).index_put((order,), taken)
-    return per_step.reshape(k_steps, n).sum(0)
+    return torch.ops.amq.greedy_prefix(gain, step_cost, spare).reshape(k_steps, n).sum(0)

@@ -20,19 +20,27 @@
   any order: from the copies concatenated, at ``bucket * N + index``).
 - ``amq::runtime_silu`` (ONNX Runtime's SiLU, emulated in PyTorch) -> ``Mul(x, Sigmoid(x))``, which ONNX
   Runtime fuses into ``QuickGelu``.
-- ``aten.sort.stable`` -> ``TopK`` over the whole axis; ONNX breaks ``TopK`` ties by the lower
-  index, which is what a stable sort does.
+- ``amq::greedy_prefix`` (the allocation's sorted prefix) without sorting every step: each step's gain goes
+  to one of ``GREEDY_BINS`` bins by a map that never decreases with the gain (divide by the largest, four
+  square roots, scale, truncate: every step correctly rounded, so equal gains share a bin and a larger gain
+  never lands lower); the steps' costs summed per bin (``ScatterElements`` add) and accumulated from the top
+  bin down give the bin in which the budget runs out; the bins above are taken whole, and only that bin's
+  steps are sorted (``TopK`` with k its size; ONNX breaks ties by the lower index, as the stable sort does).
+  Costs are integers (MACs times bits), so every sum is exact in float64 and the prefix is the sort's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import onnx
 import torch
-from onnxscript import FLOAT, INT32, UINT8
+from onnxscript import FLOAT, INT32, INT64, UINT8
 from onnxscript import opset18 as op
 
 OPSET = 18
+# Bins of the gains in greedy_prefix: u^(1/16) of gains u spanning 10^-8..1 spreads them over about 2,800 bins
+GREEDY_BINS = 4096
 
 
 def _per_row_uint8(values, row_bucket):  # [K] float integers -> [R, 1] uint8
@@ -154,19 +162,43 @@ def runtime_silu(x):
     return op.Mul(x, op.Sigmoid(x))
 
 
-def sort_stable(x, stable=None, dim=-1, descending=False):
-    k = op.Reshape(op.Size(x), op.Constant(value_ints=[1]))
-    values, indices = op.TopK(x, k, axis=dim, largest=1 if descending else 0, sorted=1)
-    return values, indices
+def greedy_prefix(gain, cost, spare):
+    largest = op.Constant(value_float=float(torch.finfo(torch.float32).max))
+    g = op.Min(op.Cast(gain, to=FLOAT.dtype), largest)  # float32 keys; an infinite gain becomes the largest
+    top = op.ReduceMax(op.Concat(g, op.Constant(value_floats=[float(torch.finfo(torch.float32).tiny)]), axis=0),
+                       keepdims=0)  # > 0, also with no steps or all gains 0
+    root = op.Div(g, top)
+    for _ in range(4):
+        root = op.Sqrt(root)  # (g / top)^(1/16) in [0, 1]
+    bins = op.Cast(op.Mul(root, op.Constant(value_float=float(GREEDY_BINS - 1))), to=INT64.dtype)
+    zero = op.Constant(value_int=0)
+    bin_cost = op.ScatterElements(op.ConstantOfShape(op.Constant(value_ints=[GREEDY_BINS]),
+                                                     value=_double_tensor(0.0)), bins, cost, axis=0, reduction="add")
+    above = op.CumSum(bin_cost, zero, exclusive=1, reverse=1)  # cost of the bins above each bin
+    # the bin the budget runs out in (the highest whose steps and those above do not all fit; -1: all fit)
+    over = op.Greater(op.Add(above, bin_cost), spare)
+    cut = op.ReduceMax(op.Where(over, op.Range(zero, op.Constant(value_int=GREEDY_BINS), op.Constant(value_int=1)),
+                                op.Constant(value_int=-1)), keepdims=0)
+    in_cut = op.Equal(bins, cut)
+    k = op.ReduceSum(op.Cast(in_cut, to=INT64.dtype), keepdims=1)
+    _, order = op.TopK(op.Where(in_cut, gain, op.Constant(value=_double_tensor(-1.0))), k, axis=0, largest=1, sorted=1)
+    left = op.Sub(spare, op.Gather(above, op.Max(cut, zero), axis=0))
+    taken_in_cut = op.Cast(op.LessOrEqual(op.CumSum(op.Gather(cost, order, axis=0), zero), left), to=INT64.dtype)
+    return op.ScatterElements(op.Cast(op.Greater(bins, cut), to=INT64.dtype), order, taken_in_cut, axis=0)
+
+
+def _double_tensor(value: float) -> onnx.TensorProto:
+    return onnx.helper.make_tensor("value", onnx.TensorProto.DOUBLE, [1], [value])
 
 
 def translation_table() -> dict[Callable, Callable]:
     # importing these modules registers their ops under torch.ops.amq
     import amq_export.amq.bucketed_linear
+    import amq_export.amq.greedy_prefix
     import amq_export.amq.runtime_silu  # noqa: F401
 
     return {torch.ops.amq.bucketed_linear.default: bucketed_linear, torch.ops.amq.quantize_rows.default: quantize_rows,
             torch.ops.amq.quantize_bucket.default: quantize_bucket,
             torch.ops.amq.gather_bucket_rows.default: gather_bucket_rows,
             torch.ops.amq.int_linear.default: int_linear, torch.ops.amq.runtime_silu.default: runtime_silu,
-            torch.ops.aten.sort.stable: sort_stable}
+            torch.ops.amq.greedy_prefix.default: greedy_prefix}
