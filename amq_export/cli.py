@@ -112,10 +112,12 @@ def _eval_onnx(args: argparse.Namespace, path: Path) -> None:
     result = {"model": str(path), "rel_l2": float(np.mean(errors)), "samples": len(errors),
               "budget": budget if "node_bits" in runner.output_names else None,
               "b_eff": float(np.mean(b_effs)) if b_effs else None, "b_eff_max": max(b_effs) if b_effs else None,
-              "latency_ms_median": 1e3 * float(np.median(times)), "nodes": int(dataset.test[0].num_nodes)}
+              "latency_ms_median": 1e3 * float(np.median(times)), "nodes": int(dataset.test[0].num_nodes),
+              "threading": runner.threading}
     b_eff = f"measured b_eff {result['b_eff']:.3f} (max {result['b_eff_max']:.3f}) at budget {budget:g}; " if b_effs else ""
     console.print(f"{path.name}: test rel-L2 {result['rel_l2']:.4f} on {len(errors)} meshes; {b_eff}"
-                  f"latency {result['latency_ms_median']:.2f} ms per mesh (median, {result['nodes']} nodes)")
+                  f"latency {result['latency_ms_median']:.2f} ms per mesh (median, {result['nodes']} nodes, "
+                  f"{runner.threading})")
     print(json.dumps(result))
 
 
@@ -263,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _add_data_args(p)
     p.add_argument("--budget", type=float, default=None, help=".onnx only: the run-time budget (default: export's)")
-    p.add_argument("--threads", type=int, default=None, help=".onnx only: ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=None, help=".onnx only: ONNX Runtime threads (default: one per core; mesh "
+                   "graphs, whose scatter-add ONNX Runtime sums wrongly on several intra-op threads: 1, and more "
+                   "run as its parallel executor)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="layers, domains, MACs and the cost of uniform and AMQ quantization")

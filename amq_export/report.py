@@ -72,8 +72,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"- `{name}`: {what}" for name, what in report["artifacts"].items()]
     latency = report.get("latency_ms")
     if latency:
-        lines += ["", (f"ONNX Runtime latency per mesh ({latency['nodes']} nodes, {latency['threads']} "
-                       f"thread(s), median of {latency['runs']}): {latency['median']:.2f} ms.")]
+        lines += ["", (f"ONNX Runtime latency per mesh ({latency['nodes']} nodes, {latency['threads']}, "
+                       f"median of {latency['runs']}): {latency['median']:.2f} ms.")]
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items() if k != "total")
     lines += ["", f"Wall time {report['seconds']['total']:.0f} s ({steps}).", "", "![allocation](allocation.png)", ""]
     return "\n".join(lines)

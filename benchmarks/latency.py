@@ -19,6 +19,11 @@ median, p10 and p90 in ms over all runs, and the median of each session. Peak me
 subprocess per (model, threads) builds the session and runs it a few times; ``peak_mb`` is its absolute
 peak RSS, ``base_mb`` the peak RSS before the session was created (Python, torch, the feeds), so
 ``peak_mb - base_mb`` is the model's own share.
+Threads as ``runtimes.onnxruntime.OrtModel`` runs these graphs: their message sums are ``ScatterND`` adds,
+which ONNX Runtime's intra-op threads compute wrongly (lost updates), so more than one thread means its parallel
+executor over one intra-op thread each; every prediction is checked against the 1-thread one
+(``rel_dev_vs_1_thread``). ONNX Runtime's default intra-op threading is timed too, for reference, with its
+predictions' deviation (``intra_op_*``).
 The peak is the process's ``VmHWM`` (Linux): ``getrusage(RUSAGE_SELF).ru_maxrss`` is carried over
 from the parent through fork + exec, so in a child of this (large) process it reports the parent's
 peak; ``ru_maxrss`` is used only where ``/proc`` is missing.
@@ -29,8 +34,9 @@ The footer prints MET / NOT MET for each from the measured numbers.
 Prints a table and writes benchmarks/results/latency.json, with its plot beside it (``plot_latency.py``):
 a list of rows {model, threads, nodes, edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs,
 sessions, peak_mb, base_mb, ratio_vs_float, ratio_vs_uniform_int8, session_ratios_vs_uniform_int8,
-mean_node_bits, commit}; with ``--profile``, ONNX Runtime's profiler at 1 thread: kernel time by graph
-stage (before and from the first quantized GEMM) and by op type, side by side.
+mean_node_bits, threading, rel_dev_vs_1_thread, commit}, above one thread also intra_op_median_ms,
+intra_op_ratio_vs_uniform_int8 and intra_op_rel_dev_vs_1_thread; with ``--profile``, ONNX Runtime's profiler
+at 1 thread: kernel time by graph stage (before and from the first quantized GEMM) and by op type, side by side.
 
     python benchmarks/latency.py                  # the benchmark: 50,176 nodes, 1 and 2 threads, 20 runs
     python benchmarks/latency.py --resolution 48 --runs 3 --out /tmp/latency.json --profile   # smoke test
@@ -117,13 +123,16 @@ def percentile(times: list[float], q: int) -> float:
 
 
 def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: int, runs: int,
-                sessions: int) -> dict[str, dict[str, Any]]:
+                sessions: int, intra_op_scatter: bool = False) -> dict[str, dict[str, Any]]:
     """Median / p10 / p90 ms of every model at ``threads`` over ``runs`` timed runs, taken in ``sessions``
     blocks: in each block every model in turn (the order rotated from block to block) opens a fresh session,
     warms it up, times its share of the runs and closes it, so that machine noise reaches every model over
     the blocks and only one session is alive at a time. (With all models' sessions open at once, each session's
     idle thread pool spins after its run on the 2 cores the running one needs: at 2 threads that made whole
-    blocks slow, AMQ's most, uniform int8 424 ms against 352-368 alone, AMQ 1.25-1.31x against 1.15-1.24x.)"""
+    blocks slow, AMQ's most, uniform int8 424 ms against 352-368 alone, AMQ 1.25-1.31x against 1.15-1.24x.)
+    ``threads`` as ``OrtModel`` takes them: for these graphs more than one means the parallel executor, unless
+    ``intra_op_scatter`` (intra-op threads: ONNX Runtime's default, whose scatter-add loses updates; timed for
+    reference). Also returned: each model's last prediction and its threading."""
     import gc
 
     from runtimes.onnxruntime import OrtModel
@@ -132,13 +141,14 @@ def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: 
     names = list(paths)
     times: dict[str, list[float]] = defaultdict(list)
     per_session: dict[str, list[float]] = defaultdict(list)
-    outputs = {}
+    outputs, threading = {}, {}
     share = [runs // sessions + (b < runs % sessions) for b in range(sessions)]
     for block, block_runs in enumerate(share):
         block_times: dict[str, list[float]] = defaultdict(list)
         for k in range(len(names)):  # rotate the order so no model always follows the same one
             name = names[(block + k) % len(names)]
-            model = OrtModel(paths[name], threads=threads)
+            model = OrtModel(paths[name], threads=threads, intra_op_scatter=intra_op_scatter)
+            threading[name] = model.threading
             feeds = model.feeds(mesh, budget_of(name))
             for _ in range(WARMUP):
                 outputs[name] = model.run_feeds(feeds)
@@ -157,8 +167,14 @@ def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: 
         bits = outputs[name].get("node_bits")
         stats[name] = {"median_ms": statistics.median(ms), "p10_ms": percentile(ms, 10),
                        "p90_ms": percentile(ms, 90), "session_medians_ms": per_session[name],
-                       "mean_node_bits": float(bits.mean()) if bits is not None and bits.size else None}
+                       "mean_node_bits": float(bits.mean()) if bits is not None and bits.size else None,
+                       "pred": outputs[name]["pred"], "threading": threading[name]}
     return stats
+
+
+def deviation(pred: np.ndarray, reference: np.ndarray) -> float:
+    """Relative L2 distance of a prediction from the 1-thread one."""
+    return float(np.linalg.norm(pred - reference) / max(float(np.linalg.norm(reference)), 1e-30))
 
 
 def peak_child(args: argparse.Namespace) -> dict[str, float]:
@@ -316,8 +332,13 @@ def main() -> None:
 
         rev = commit()
         rows = []
-        for t in threads:
+        reference = {}  # the 1-thread predictions, which every threading must reproduce
+        for t in sorted(threads):
             stats = time_models(paths, arrays, t, args.runs, args.sessions)
+            if not reference:
+                reference = {name: stats[name]["pred"] if t == 1 else time_models(
+                    {name: paths[name]}, arrays, 1, 2, 1)[name]["pred"] for name in MODELS}
+            intra = time_models(paths, arrays, t, args.runs, args.sessions, intra_op_scatter=True) if t > 1 else {}
             for name in MODELS:
                 memory = peak_memory(name, paths[name], feeds_file, t)
                 rows.append({"model": name, "threads": t, "nodes": nodes, "edges": edges,
@@ -325,7 +346,11 @@ def main() -> None:
                              "session_medians_ms": stats[name]["session_medians_ms"],
                              "runs": args.runs, "sessions": args.sessions,
                              "peak_mb": round(memory["peak_mb"], 1), "base_mb": round(memory["base_mb"], 1),
-                             "mean_node_bits": stats[name]["mean_node_bits"], "commit": rev})
+                             "mean_node_bits": stats[name]["mean_node_bits"], "threading": stats[name]["threading"],
+                             "rel_dev_vs_1_thread": deviation(stats[name]["pred"], reference[name]), "commit": rev})
+                if intra:  # ONNX Runtime's own multi-threading: faster, but its scatter-add loses updates
+                    rows[-1] |= {"intra_op_median_ms": round(intra[name]["median_ms"], 3),
+                                 "intra_op_rel_dev_vs_1_thread": deviation(intra[name]["pred"], reference[name])}
         by = {(r["model"], r["threads"]): r for r in rows}
         for row in rows:
             ref = {name: by[name, row["threads"]] for name in MODELS}
@@ -337,9 +362,21 @@ def main() -> None:
 
         print_table(f"ONNX Runtime latency, MP-PDE, {nodes:,} nodes ({resolution}x{resolution} grid)", rows,
                     ["model", "threads", "nodes", "median_ms", "p10_ms", "p90_ms", "peak_mb", "base_mb",
-                     "ratio_vs_float", "ratio_vs_uniform_int8"])
+                     "ratio_vs_float", "ratio_vs_uniform_int8", "rel_dev_vs_1_thread"])
         for line in targets_footer(rows, threads):
             print(line)
+        for row in rows:
+            print(f"{row['model']:>12s} at {row['threads']} thread(s): {row['threading']}")
+        intra_rows = [r for r in rows if "intra_op_median_ms" in r]
+        if intra_rows:
+            by_intra = {(r["model"], r["threads"]): r for r in intra_rows}
+            for r in intra_rows:
+                r["intra_op_ratio_vs_uniform_int8"] = round(
+                    r["intra_op_median_ms"] / by_intra["uniform_int8", r["threads"]]["intra_op_median_ms"], 3)
+            print_table("For reference, the same graphs on ONNX Runtime's intra-op threads (its default), whose "
+                        "ScatterND add loses updates: predictions off by rel_dev from the 1-thread ones, no target "
+                        "counts here", intra_rows, ["model", "threads", "intra_op_median_ms",
+                                                    "intra_op_ratio_vs_uniform_int8", "intra_op_rel_dev_vs_1_thread"])
         for row in rows:
             print(f"{row['model']:>12s} at {row['threads']} thread(s), median of each session (ms): "
                   + ", ".join(f"{m:g}" for m in row["session_medians_ms"])

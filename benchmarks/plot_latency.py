@@ -2,8 +2,9 @@
 
 Reads ``benchmarks/results/latency.json`` (written by ``latency.py``, which also calls this) and writes a PNG
 beside it: a bar per model at its median over all runs, a dot per fresh session (that session's median:
-at 2 threads on this project's machines whole sessions run slow, and the dots show it), and the two targets
-drawn where AMQ must stay under them (0.7x float, 1.15x uniform int8).
+at 2 threads on this project's machines whole sessions run slow, and the dots show it), a cross at the
+median on ONNX Runtime's intra-op threads where timed (for reference: their scatter-add loses updates), and the
+two targets drawn where AMQ must stay under them (0.7x float, 1.15x uniform int8).
 
     python benchmarks/plot_latency.py
     python benchmarks/plot_latency.py --json /tmp/latency.json --out /tmp/latency.png
@@ -44,6 +45,9 @@ def plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
             sessions = row.get("session_medians_ms") or []
             ax.plot([x + 0.18] * len(sessions), sessions, "o", color="black", markersize=3, alpha=0.7,
                     label="one session's median" if x == 0 else None)
+            if "intra_op_median_ms" in row:  # ONNX Runtime's own threading, timed for reference: wrong sums
+                ax.plot([x - 0.18], [row["intra_op_median_ms"]], "x", color="#d62728" if model != "amq" else "black",
+                        markersize=6, label="intra-op threads (lost updates: wrong sums)" if x == 0 else None)
             label = f"{row['median_ms']:.0f} ms"
             if model == "amq" and "ratio_vs_uniform_int8" in row:
                 label += f"\n\n{row['ratio_vs_uniform_int8']:.3f}x\nuniform int8\n\n{row['ratio_vs_float']:.2f}x\nfloat"
@@ -57,7 +61,8 @@ def plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xticks(range(len(present)), [m.replace("_", " ") for m in present])
         ax.set_ylabel("ms per run (median)")
         nodes = by[present[0], t]["nodes"]
-        ax.set_title(f"{t} thread{'s' if t > 1 else ''}, {nodes:,} nodes", fontsize=10)
+        executor = " (parallel executor)" if "parallel executor" in by[present[0], t].get("threading", "") else ""
+        ax.set_title(f"{t} thread{'s' if t > 1 else ''}{executor}, {nodes:,} nodes", fontsize=10)
         ax.set_ylim(0, 1.25 * max(max(r["median_ms"], *(r.get("session_medians_ms") or [0]))
                                   for (m, tt), r in by.items() if tt == t))
         ax.grid(True, axis="y", alpha=0.3)

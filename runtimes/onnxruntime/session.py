@@ -1,5 +1,15 @@
 """Run an exported mesh model in ONNX Runtime (CPU by default): feeds by input name, thread control,
-saving the graph as ONNX Runtime optimizes it."""
+saving the graph as ONNX Runtime optimizes it.
+
+Threads: ONNX Runtime's CPU ``ScatterND`` with a reduction (the scatter-add that sums messages into nodes,
+``passes/onnx/scatter_add_rows.py``) splits its updates over the intra-op threads and adds them without
+synchronisation, so rows that two threads update at once lose updates (onnxruntime 1.32, measured: at 2
+intra-op threads the float, uniform int8 and AMQ MP-PDE graphs on a 50k-node mesh gave predictions 26-32%
+(relative L2) away from their 1-thread outputs, different on every run; one ``ScatterND`` over 300k random
+targets lost updates on every run). A graph with such a node therefore runs its kernels on one intra-op thread;
+more threads run independent nodes side by side (ONNX Runtime's parallel executor, ``inter_op_num_threads``),
+which is correct. ``intra_op_scatter=True`` overrides this, to measure the race, never to deploy.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from amq_export.amq.inference_model import INTEGER_INPUTS
@@ -31,26 +42,58 @@ def read_meta(model: onnx.ModelProto) -> dict[str, Any]:
     return next((json.loads(p.value) for p in model.metadata_props if p.key == META_KEY), {})
 
 
-def session_options(threads: int | None = None, optimization: str = "all") -> ort.SessionOptions:
+def session_options(threads: int | None = None, optimization: str = "all",
+                    inter_op: bool = False) -> ort.SessionOptions:
+    """Options for ``threads`` intra-op threads (None: ONNX Runtime's default, one per core), or with
+    ``inter_op``, one intra-op thread and ``threads`` threads running independent nodes side by side."""
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[optimization]
     options.log_severity_level = 3
-    if threads is not None:
+    if inter_op:
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = threads or 1
+        if (threads or 1) > 1:
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    elif threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
+
+
+def racy_scatters(model: onnx.ModelProto) -> list[str]:
+    """Nodes of ``model``'s main graph that ONNX Runtime's CPU kernels compute wrongly on several intra-op
+    threads: ``ScatterND`` with a reduction (see the module docstring)."""
+    def reduction(node: onnx.NodeProto) -> str:
+        return next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
+
+    return [node.name or node.output[0] for node in model.graph.node
+            if node.op_type == "ScatterND" and node.domain in ("", "ai.onnx") and reduction(node) != "none"]
 
 
 class OrtModel:
     """One exported model in one ONNX Runtime session; ``run(mesh, budget)`` -> ``{output name: array}``."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None, optimization: str = "all",
-                 providers: list[str] | None = None, profile_prefix: str | None = None) -> None:
-        """``profile_prefix``: turn on ONNX Runtime's profiler (``session.end_profiling()`` writes the trace)."""
+                 providers: list[str] | None = None, profile_prefix: str | None = None,
+                 intra_op_scatter: bool = False) -> None:
+        """``threads``: how many threads the session uses (None: ONNX Runtime's default, one per core; a graph
+        with ``racy_scatters``: 1); for such a graph, more than one means the parallel executor, unless
+        ``intra_op_scatter`` (intra-op threads, wrong sums: for measuring the race only). ``threading`` says
+        which. ``profile_prefix``: turn on ONNX Runtime's profiler (``session.end_profiling()`` writes the trace)."""
         self.path = Path(path)
         if not self.path.is_file():
             raise AMQError(f"ONNX model {self.path} does not exist; export one with amq-export MODEL.pt --target onnx")
-        options = session_options(threads, optimization)
+        try:
+            racy = bool(racy_scatters(onnx.load(str(self.path), load_external_data=False)))
+        except (DecodeError, OSError, ValueError) as exc:
+            raise AMQError(f"ONNX Runtime cannot load {self.path} ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                           "re-export it with amq-export") from None
+        inter_op = racy and not intra_op_scatter
+        options = session_options(threads, optimization, inter_op=inter_op)
+        count = threads or (1 if inter_op else None)
+        self.threading = (f"{count} intra-op thread(s)" if not inter_op or count == 1 else
+                          f"{count} threads, parallel executor (1 intra-op thread: ScatterND reductions)"
+                          ) if count else "ONNX Runtime's default intra-op threads"
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
