@@ -265,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _add_data_args(p)
     p.add_argument("--budget", type=float, default=None, help=".onnx only: the run-time budget (default: export's)")
-    p.add_argument("--threads", type=int, default=None, help=".onnx only: ONNX Runtime threads (default: one per core; mesh "
-                   "graphs, whose scatter-add ONNX Runtime sums wrongly on several intra-op threads: 1, and more "
-                   "run as its parallel executor)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=".onnx only: ONNX Runtime threads (mesh graphs: default 1, since ONNX Runtime's scatter-add "
+                        "loses updates on several intra-op threads; more run its parallel executor)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="layers, domains, MACs and the cost of uniform and AMQ quantization")

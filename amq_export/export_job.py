@@ -195,8 +195,8 @@ def _verify(exported: Any, qmodel: Any, test: list[Any], normalizer: Any, budget
     from amq_export.exporter import run_artifact
     from runtimes.onnxruntime import OrtModel, parity
 
-    # one thread: also the graphs without a reducing ScatterND (the runtime's own rule for those) then sum in
-    # one order, as PyTorch does
+    # one thread, so that every sum runs in one order as in PyTorch (graphs with a reducing ScatterND get one
+    # intra-op thread from OrtModel anyway: ONNX Runtime loses updates on several)
     runner = OrtModel(exported.optimized_path or exported.path, threads=1)
     run = run_artifact(runner, test, normalizer, budget, "verifying in ONNX Runtime")
     pairs, torch_silu_pairs, fake_pairs, ulp_pairs = [], [], [], []

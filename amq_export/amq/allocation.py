@@ -316,8 +316,8 @@ def allocate_levels_traceable(scores: Tensor, costs: Tensor, options: tuple[int,
     Returns the option index per item (int64 [N]). It is the literal form of the greedy: one stable
     sort of all N x (K-1) upgrade steps, option-major, so ties go to the lower option, then the lower
     item index, and the longest prefix whose cumulative cost fits (``greedy_prefix``, an op of its own
-    that ONNX computes without the sort). ``capacity`` is a float64 scalar tensor; the checks of ``allocate`` are the caller's job.
-    Equal to ``allocate`` for the same float64 inputs (tested).
+    that ONNX computes without the sort). ``capacity`` is a float64 scalar tensor; the checks of
+    ``allocate`` are the caller's job. Equal to ``allocate`` for the same float64 inputs (tested).
     """
     s, c = scores.to(torch.float64), costs.to(torch.float64)
     n, k_steps = s.shape[0], len(options) - 1
