@@ -173,8 +173,10 @@ def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: 
 
 
 def deviation(pred: np.ndarray, reference: np.ndarray) -> float:
-    """Relative L2 distance of a prediction from the 1-thread one."""
-    return float(np.linalg.norm(pred - reference) / max(float(np.linalg.norm(reference)), 1e-30))
+    """Relative L2 distance of a prediction from the 1-thread one (``runtimes.onnxruntime.parity``'s)."""
+    from runtimes.onnxruntime import parity
+
+    return parity([(reference, pred, None, None)])["rel_l2"]
 
 
 def peak_child(args: argparse.Namespace) -> dict[str, float]:
@@ -359,6 +361,9 @@ def main() -> None:
             row["session_ratios_vs_uniform_int8"] = [  # each session against uniform int8's, timed in turn with it
                 round(m / u, 3) for m, u in zip(row["session_medians_ms"], ref["uniform_int8"]["session_medians_ms"],
                                                 strict=True)]
+            if "intra_op_median_ms" in row:
+                row["intra_op_ratio_vs_uniform_int8"] = round(
+                    row["intra_op_median_ms"] / ref["uniform_int8"]["intra_op_median_ms"], 3)
 
         print_table(f"ONNX Runtime latency, MP-PDE, {nodes:,} nodes ({resolution}x{resolution} grid)", rows,
                     ["model", "threads", "nodes", "median_ms", "p10_ms", "p90_ms", "peak_mb", "base_mb",
@@ -369,10 +374,6 @@ def main() -> None:
             print(f"{row['model']:>12s} at {row['threads']} thread(s): {row['threading']}")
         intra_rows = [r for r in rows if "intra_op_median_ms" in r]
         if intra_rows:
-            by_intra = {(r["model"], r["threads"]): r for r in intra_rows}
-            for r in intra_rows:
-                r["intra_op_ratio_vs_uniform_int8"] = round(
-                    r["intra_op_median_ms"] / by_intra["uniform_int8", r["threads"]]["intra_op_median_ms"], 3)
             print_table("For reference, the same graphs on ONNX Runtime's intra-op threads (its default), whose "
                         "ScatterND add loses updates: predictions off by rel_dev from the 1-thread ones, no target "
                         "counts here", intra_rows, ["model", "threads", "intra_op_median_ms",

@@ -60,6 +60,15 @@ def session_options(threads: int | None = None, optimization: str = "all",
     return options
 
 
+def threading_of(options: ort.SessionOptions) -> str:
+    """What ``options`` run on, in words (for reports)."""
+    if options.execution_mode == ort.ExecutionMode.ORT_PARALLEL:
+        return f"{options.inter_op_num_threads} threads, parallel executor (1 intra-op thread: ScatterND reductions)"
+    if options.intra_op_num_threads:  # 0: ONNX Runtime's default
+        return f"{options.intra_op_num_threads} intra-op thread(s)"
+    return "ONNX Runtime's default intra-op threads"
+
+
 def racy_scatters(model: onnx.ModelProto) -> list[str]:
     """Nodes of ``model``'s main graph that ONNX Runtime's CPU kernels compute wrongly on several intra-op
     threads: ``ScatterND`` with a reduction (see the module docstring)."""
@@ -90,10 +99,7 @@ class OrtModel:
                            "re-export it with amq-export") from None
         inter_op = racy and not intra_op_scatter
         options = session_options(threads, optimization, inter_op=inter_op)
-        count = threads or (1 if inter_op else None)
-        self.threading = (f"{count} intra-op thread(s)" if not inter_op or count == 1 else
-                          f"{count} threads, parallel executor (1 intra-op thread: ScatterND reductions)"
-                          ) if count else "ONNX Runtime's default intra-op threads"
+        self.threading = threading_of(options)
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
