@@ -9,7 +9,9 @@ sensitivities from one Hutchinson probe per step, `aux-errtarget`: per-node erro
 per-bucket weight bit-widths (`aux-pbw`). `aux-offsets` adds per-layer offsets (`choose_layer_offsets`) under the
 per-node allocation; `uniform-offsets` the same offsets over uniform items (a static per-layer profile);
 `aux-frozen` keeps the auxiliary model as its warm start left it during QAT (a mesh's allocation stops moving);
-`aux-2layers` has one message-passing layer less in the auxiliary GNN. The float model is
+`aux-2layers` has one message-passing layer less in the auxiliary GNN. `aux-lwbase` starts the per-node
+allocation from the per-layer baseline itself (offsets ``profile="layerwise-base"``: items all at one option run
+the `layerwise` bits; `uniform-lwbase` is that, the baseline again by another road). The float model is
 benchmarks/float_models/<arch>_darcy32.pt (committed) unless --float-checkpoint or --float-epochs say
 otherwise. Prints a table and writes
 benchmarks/results/pareto_darcy_<arch>.json: {"rows": [...], "aux_spearman": ..., ...}; rows of auxiliary
@@ -57,7 +59,9 @@ def methods_for(ablations: bool) -> list[tuple[str, str, dict]]:
             ("aux-frozen", "aux", {"finetune": {"freeze_aux": True}}),
             ("aux-2layers", "aux", {"aux_layers": 2}),  # a cheaper auxiliary GNN: one message-passing layer less
             ("aux-lwoffsets", "aux", {"layer_offsets": "layerwise"}),
-            ("uniform-lwoffsets", "uniform", {"layer_offsets": "layerwise"})]
+            ("uniform-lwoffsets", "uniform", {"layer_offsets": "layerwise"}),
+            ("aux-lwbase", "aux", {"layer_offsets": "layerwise-base"}),
+            ("uniform-lwbase", "uniform", {"layer_offsets": "layerwise-base"})]
     if ablations:
         rows += [("aux-gntarget", "aux", {"aux_target": "gauss-newton"}),
                  ("aux-errtarget", "aux", {"aux_target": "error"}),

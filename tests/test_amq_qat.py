@@ -235,3 +235,28 @@ def test_layerwise_offset_profile_is_the_layerwise_bits_relative_to_each_domain(
         assert {n: offsets[n] for n in names} == {n: min(layer_bits[n] - lowest, 2) for n in names}
     with pytest.raises(AMQError, match="offset profile"):
         choose_layer_offsets(q, tiny.train, profile="hawq")
+
+
+def test_layerwise_base_profile_puts_items_at_one_option_and_each_layer_at_its_layerwise_bits(tiny, qmodel_factory):
+    """``profile="layerwise-base"``: offsets ``b_l - c``, so that items all at ``c`` run the per-layer baseline;
+    a layer whose bank would leave 2..8 gets the nearest offset that fits."""
+    from amq_export.amq.qat import layerwise_base
+    from amq_export.api import choose_layer_offsets
+
+    q = qmodel_factory(tiny)  # budget 4: options 3..6, offsets -1..2 keep every bank inside 2..8
+    offsets = choose_layer_offsets(q, tiny.train, normalizer=tiny.normalizer, profile="layerwise-base")
+    layer_bits = assign_layerwise_bits(q, tiny.train, normalizer=tiny.normalizer)
+    base, same = layerwise_base(q, [layer_bits[layer.name] for layer in q.layers])
+    assert same == offsets and base in q.amq_config.bits
+    assert all(base + offsets[n] == b for n, b in layer_bits.items())
+    shifted = qmodel_factory(tiny, layer_offsets=offsets)  # the offsets' cost leaves the items about c
+    metrics = evaluate(shifted, tiny.test, normalizer=tiny.normalizer, mode="uniform")
+    assert metrics["b_eff_max"] <= q.amq_config.budget + 1e-9
+    names = [layer.name for layer in q.layers]
+    # options 3..6 take offsets -1..2: with layers at 2, 8 and 5 bits, c = 3 fits all but the layer at 8,
+    # which runs at 5; with layers at 2, 7 and 5, c = 3 and c = 5 each miss one layer and the one nearer the
+    # middle of the options wins: the layer at 2 runs at 4
+    base, clamped = layerwise_base(q, [2, 8] + [5] * (len(names) - 2))
+    assert base == 3 and clamped[names[0]] == -1 and clamped[names[1]] == 2
+    base, clamped = layerwise_base(q, [2, 7] + [5] * (len(names) - 2))
+    assert base == 5 and clamped[names[0]] == -1 and clamped[names[1]] == 2

@@ -412,6 +412,27 @@ def assign_layerwise_bits(
 
 
 MAX_LAYER_OFFSET = 2
+OFFSET_PROFILES = ("water-filling", "layerwise", "layerwise-base")
+
+
+def layerwise_base(qmodel: AMQModel, layer_bits: Sequence[int]) -> tuple[int, dict[str, int]]:
+    """The item option ``c`` and the offsets ``b_l - c`` that put every layer at its per-layer bits ``b_l``
+    while all items sit at ``c`` (``choose_layer_offsets(profile="layerwise-base")``).
+
+    Each layer's bank ``bits + offset`` must stay inside 2..8, so ``c`` is taken among the options for
+    which most layers fit (ties: the one nearest the middle of the options, which leaves the items room
+    both ways), and a layer that does not fit gets the nearest offset that does: it runs a bit above or
+    below its per-layer bits (at MP-PDE budget 3 the edge layers at 2 bits need options below 2).
+    """
+    bits = qmodel.amq_config.bits
+    low, high = 2 - bits[0], 8 - bits[-1]
+
+    def misfits(c: int) -> int:
+        return sum(not low <= b - c <= high for b in layer_bits)
+
+    middle = (bits[0] + bits[-1]) / 2
+    base = min(bits, key=lambda c: (misfits(c), abs(c - middle), c))
+    return base, {layer.name: min(max(b - base, low), high) for layer, b in zip(qmodel.layers, layer_bits)}
 
 
 def choose_layer_offsets(
@@ -427,16 +448,21 @@ def choose_layer_offsets(
     rows at 2 bits lost (MP-PDE, Darcy, budget 4: 0.088 and 0.093 against 0.076 without offsets).
     ``profile="layerwise"``: the per-layer baseline's own bits (``assign_layerwise_bits``) relative to the
     lowest of its domain, so that the per-item allocation moves each item around that static profile.
+    ``profile="layerwise-base"``: the per-layer baseline's bits relative to one item option ``c`` for all
+    layers (:func:`layerwise_base`), so that items all at ``c`` run exactly the per-layer baseline and the
+    per-item allocation starts from it; the offsets' cost leaves the items a budget of about ``c``.
     ``qmodel`` is a calibrated model without offsets; quantize again with the result.
     """
     if any(layer.offset for layer in qmodel.layers):
         raise AMQError("choose_layer_offsets needs a model quantized without layer_offsets")
-    if profile not in ("water-filling", "layerwise"):
-        raise AMQError(f"unknown offset profile {profile!r}: choose 'water-filling' or 'layerwise'")
+    if profile not in OFFSET_PROFILES:
+        raise AMQError(f"unknown offset profile {profile!r}: choose one of {', '.join(OFFSET_PROFILES)}")
     bits = qmodel.amq_config.bits
     budget = qmodel.amq_config.budget if budget is None else budget
     scores, costs = _layer_sensitivities(qmodel, meshes, budget, normalizer, batches, batch_size)
     high = min(MAX_LAYER_OFFSET, 8 - bits[-1])
+    if profile == "layerwise-base":
+        return layerwise_base(qmodel, _layerwise_bits(scores, costs, bits, budget).tolist())[1]
     if profile == "layerwise":
         layer_bits = _layerwise_bits(scores, costs, bits, budget)
         lowest: dict[str, int] = {}
