@@ -251,7 +251,11 @@ def test_layerwise_base_profile_puts_items_at_one_option_and_each_layer_at_its_l
     assert all(base + offsets[n] == b for n, b in layer_bits.items())
     shifted = qmodel_factory(tiny, layer_offsets=offsets)  # the offsets' cost leaves the items about c
     metrics = evaluate(shifted, tiny.test, normalizer=tiny.normalizer, mode="uniform")
+    layerwise = evaluate(q, tiny.test, normalizer=tiny.normalizer, mode="layerwise")
     assert metrics["b_eff_max"] <= q.amq_config.budget + 1e-9
+    # uniform items at c run the per-layer bits, and the budget the baseline leaves unspent lifts some to c + 1
+    assert layerwise["b_eff"] - 1e-9 <= metrics["b_eff"] <= q.amq_config.budget + 1e-9
+    assert metrics["rel_l2"] == pytest.approx(layerwise["rel_l2"], rel=0.02)
     names = [layer.name for layer in q.layers]
     # options 3..6 take offsets -1..2: with layers at 2, 8 and 5 bits, c = 3 fits all but the layer at 8,
     # which runs at 5; with layers at 2, 7 and 5, c = 3 and c = 5 each miss one layer and the one nearer the

@@ -422,7 +422,8 @@ def layerwise_base(qmodel: AMQModel, layer_bits: Sequence[int]) -> tuple[int, di
     Each layer's bank ``bits + offset`` must stay inside 2..8, so ``c`` is taken among the options for
     which most layers fit (ties: the one nearest the middle of the options, which leaves the items room
     both ways), and a layer that does not fit gets the nearest offset that does: it runs a bit above or
-    below its per-layer bits (at MP-PDE budget 3 the edge layers at 2 bits need options below 2).
+    below its per-layer bits. Where only the lowest or the highest option fits every layer (MP-PDE at budgets
+    3 and 6, per-layer bits 2..5 and 5..8), the items sit at that end and cannot move off it.
     """
     bits = qmodel.amq_config.bits
     low, high = 2 - bits[0], 8 - bits[-1]
