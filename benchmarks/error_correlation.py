@@ -96,22 +96,24 @@ def ball(neighbours: list[list[int]], centre: int, k: int) -> list[int]:
     return seen
 
 
-def set_deviations(model, calibration, mesh, low: int, k: int, sets: int, generator) -> list[dict]:
-    """``D(S) / sum_i D({i})`` for ``sets`` patches and ``sets`` random sets of ``k`` nodes at ``low`` bits."""
-    qmodel = quantize(copy.deepcopy(model), AMQConfig(budget=5.0, bits=(2, 3, 4, 5, 6, 7, 8), aux_hidden=16),
-                      calibration=calibration).eval()
+def set_deviations(qmodel, mesh, low: int, k: int, sets: int, generator) -> list[dict]:
+    """``D(S) / sum_i D({i})`` for ``sets`` patches and ``sets`` random sets of ``k`` nodes at ``low`` bits, on the
+    calibrated ``qmodel`` (options 2..8)."""
     n, clusters = mesh.num_nodes, num_clusters(mesh)
     chosen: dict[str, torch.Tensor] = {}
     qmodel.allocate = lambda *_args, **_kw: (chosen["bits"], torch.full((clusters,), 8) if clusters else None)
 
-    def deviation(nodes: list[int], reference: torch.Tensor | None = None) -> torch.Tensor | float:
+    def predict(nodes: list[int]) -> torch.Tensor:
         chosen["bits"] = torch.full((n, 2), 8, dtype=torch.int64)
         chosen["bits"][torch.as_tensor(nodes, dtype=torch.int64)] = low
         with torch.no_grad():
-            pred = qmodel(mesh, budget=5.0, mode="uniform").pred
-        return pred if reference is None else float(((pred - reference) ** 2).sum())
+            return qmodel(mesh, budget=5.0, mode="uniform").pred
 
-    reference = deviation([])
+    reference = predict([])
+
+    def deviation(nodes: list[int]) -> float:
+        return float(((predict(nodes) - reference) ** 2).sum())
+
     single: dict[int, float] = {}
     neighbours: list[list[int]] = [[] for _ in range(n)]
     for a, b in mesh.edge_index.t().tolist():
@@ -122,8 +124,9 @@ def set_deviations(model, calibration, mesh, low: int, k: int, sets: int, genera
         for kind, nodes in (("patch", ball(neighbours, centre, k)),
                             ("random", torch.randperm(n, generator=generator)[:k].tolist())):
             for i in nodes:
-                single.setdefault(i, deviation([i], reference))
-            found[kind].append((deviation(nodes, reference), sum(single[i] for i in nodes)))
+                if i not in single:  # each node's own deviation once
+                    single[i] = deviation([i])
+            found[kind].append((deviation(nodes), sum(single[i] for i in nodes)))
     rows = []
     for kind, pairs in found.items():
         ratios = [d / s for d, s in pairs if s > 0]
@@ -153,8 +156,10 @@ def main() -> None:
     layers = error_correlations(model, mesh, [int(b) for b in args.bits.split(",")], args.pairs, generator)
     print_table(f"Rounding errors of neighbouring nodes, {args.arch}, test mesh {args.mesh} "
                 f"({mesh.num_nodes} nodes): mean cosine", layers, ["layer", "bits", "neighbours", "random"])
+    qmodel = quantize(copy.deepcopy(model), AMQConfig(budget=5.0, bits=(2, 3, 4, 5, 6, 7, 8), aux_hidden=16),
+                      calibration=dataset.train[:32]).eval()
     sets = [row for low in args.low.split(",") for k in args.k.split(",")
-            for row in set_deviations(model, dataset.train[:32], mesh, int(low), int(k), args.sets, generator)]
+            for row in set_deviations(qmodel, mesh, int(low), int(k), args.sets, generator)]
     print_table("Deviation of the prediction with a set of nodes at low bits, against the sum of its nodes' "
                 "(1: additive; > 1: the set costs more than its items)", sets,
                 ["kind", "low", "k", "ratio_mean", "ratio_median", "deviation_mean", "sum_mean", "sets"])

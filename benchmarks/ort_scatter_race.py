@@ -28,23 +28,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from _common import RESULTS, commit, print_table, write_json
-from onnx import TensorProto, helper
+
+from runtimes.onnxruntime.session import scatter_nd_model
 
 COLUMNS = 64
 THREADINGS = {"1 intra-op thread": {"threads": 1}, "2 intra-op threads": {"threads": 2, "intra_op_scatter": True},
               "2 threads, parallel executor": {"threads": 2}}
-
-
-def scatter_add_model(path: Path) -> Path:
-    """The one-node graph: data, index, updates -> ScatterND add."""
-    data = helper.make_tensor_value_info("data", TensorProto.FLOAT, [None, COLUMNS])
-    index = helper.make_tensor_value_info("index", TensorProto.INT64, [None, 1])
-    updates = helper.make_tensor_value_info("updates", TensorProto.FLOAT, [None, COLUMNS])
-    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, COLUMNS])
-    node = helper.make_node("ScatterND", ["data", "index", "updates"], ["out"], name="message_sum", reduction="add")
-    onnx.save(helper.make_model(helper.make_graph([node], "scatter_add", [data, index, updates], [out]),
-                                opset_imports=[helper.make_opsetid("", 18)]), path)
-    return path
 
 
 def mesh_targets(resolution: int) -> tuple[np.ndarray, int]:
@@ -92,7 +81,8 @@ def main() -> None:
     random_targets = np.random.default_rng(args.seed).integers(0, nodes, targets.size)
     rev, rows = commit(), []
     with tempfile.TemporaryDirectory(prefix="amq-scatter-race-") as tmp:
-        path = scatter_add_model(Path(tmp) / "scatter_add.onnx")
+        path = Path(tmp) / "scatter_add.onnx"
+        onnx.save(scatter_nd_model("add", COLUMNS), path)
         for name, index in (("mesh edge order", targets), ("uniformly random", random_targets)):
             for threading, kwargs in THREADINGS.items():
                 rows.append({"targets": name, "threading": threading,

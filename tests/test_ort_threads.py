@@ -7,20 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from runtimes.onnxruntime import OrtModel
-from runtimes.onnxruntime.session import racy_scatters
+from runtimes.onnxruntime.session import racy_scatters, scatter_nd_model
 
 
 def _scatter_model(path, reduction: str) -> None:
-    data = helper.make_tensor_value_info("data", TensorProto.FLOAT, [None, 64])
-    index = helper.make_tensor_value_info("index", TensorProto.INT64, [None, 1])
-    updates = helper.make_tensor_value_info("updates", TensorProto.FLOAT, [None, 64])
-    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 64])
-    node = helper.make_node("ScatterND", ["data", "index", "updates"], ["out"], name="sum", reduction=reduction)
-    graph = helper.make_graph([node], "scatter", [data, index, updates], [out])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    onnx.save(scatter_nd_model(reduction), path)
 
 
 def test_racy_scatters_are_the_reducing_scatter_nds(tmp_path) -> None:

@@ -79,6 +79,19 @@ def racy_scatters(model: onnx.ModelProto) -> list[str]:
             if node.op_type == "ScatterND" and node.domain in ("", "ai.onnx") and reduction(node) != "none"]
 
 
+def scatter_nd_model(reduction: str = "add", columns: int = 64) -> onnx.ModelProto:
+    """The smallest graph with a message sum: ``ScatterND(data [N, columns], index [E, 1], updates [E, columns])``
+    (node ``sum``), the probe of the race above (``benchmarks/ort_scatter_race.py``, the tests)."""
+    from onnx import TensorProto, helper
+
+    rows = {name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, columns])
+            for name in ("data", "updates", "out")}
+    index = helper.make_tensor_value_info("index", TensorProto.INT64, [None, 1])
+    node = helper.make_node("ScatterND", ["data", "index", "updates"], ["out"], name="sum", reduction=reduction)
+    graph = helper.make_graph([node], "scatter_nd", [rows["data"], index, rows["updates"]], [rows["out"]])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
 class OrtModel:
     """One exported model in one ONNX Runtime session; ``run(mesh, budget)`` -> ``{output name: array}``."""
 
