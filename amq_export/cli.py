@@ -129,7 +129,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     job = ExportJob(model=Path(args.model), target=args.target, data=args.data, budget=args.budget,
                     bits=_bits(args.bits), epochs=args.epochs, max_samples=args.max_samples,
-                    out=Path(args.out) if args.out else None, seed=args.seed, n_test=args.n_test)
+                    out=Path(args.out) if args.out else None, seed=args.seed, n_test=args.n_test,
+                    ort_kernels=args.ort_kernels)
     report = run(job)
     acc, parity = report["test_rel_l2"], report["parity"]
     table = Table(title=f"{report['arch']} -> {report['target']}: bits {report['bits']}, budget {report['budget']:g}")
@@ -216,7 +217,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     cmd_export(argparse.Namespace(
         model=checkpoint, target=args.target, data="darcy", budget=args.budget, bits=args.bits,
         epochs=args.qat_epochs, max_samples=args.max_samples, out=out / f"amq-{args.target}", seed=0, n_test=None,
+        ort_kernels=False,
     ))
+
+
+def cmd_build_kernels(args: argparse.Namespace) -> None:
+    """``amq-export build-kernels``: compile AMQ's ONNX Runtime kernel library into the cache."""
+    from runtimes.onnxruntime import kernels
+
+    path = kernels.build(force=args.force, progress=console.print)
+    results_console.print(f"AMQ's ONNX Runtime kernels: {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=None, help="test meshes (default: as the checkpoint's task)")
     p.add_argument("--out", default=None, help="output directory (default: next to MODEL)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ort-kernels", action="store_true",
+                   help="--target ort: also use AMQ's ONNX Runtime kernels (build them first: amq-export build-kernels)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (.pt) or an exported model (.onnx) on a test split")
@@ -267,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None, help=".onnx only: the run-time budget (default: export's)")
     p.add_argument("--threads", type=int, default=None,
                    help=".onnx only: ONNX Runtime threads (mesh graphs: default 1, since ONNX Runtime's scatter-add "
-                        "loses updates on several intra-op threads; more run its parallel executor)")
+                        "loses updates on several intra-op threads; more run its parallel executor; graphs exported "
+                        "with --ort-kernels run on intra-op threads)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="layers, domains, MACs and the cost of uniform and AMQ quantization")
@@ -291,10 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-test", type=int, default=100)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("build-kernels", help="compile AMQ's ONNX Runtime kernels (optional; used by --ort-kernels)")
+    p.add_argument("--force", action="store_true", help="rebuild even if this source has a build")
+    p.set_defaults(func=cmd_build_kernels)
     return parser
 
 
-COMMANDS = ("data", "train", "export", "eval", "plan", "demo")
+COMMANDS = ("data", "train", "export", "eval", "plan", "demo", "build-kernels")
 
 
 def main(argv: list[str] | None = None) -> int:

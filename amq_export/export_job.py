@@ -43,6 +43,7 @@ class ExportJob:
     seed: int = 0
     n_test: int | None = None
     weight_bits: int = 8
+    ort_kernels: bool = False  # --target ort: also AMQ's ONNX Runtime kernels (runtimes/onnxruntime/kernels)
 
     @property
     def out_dir(self) -> Path:
@@ -53,7 +54,7 @@ def _check(job: ExportJob) -> AMQConfig:
     """Every argument checked before any work is done (the error names the flag to fix)."""
     from amq_export.exporter import check_target
 
-    check_target(job.target)
+    check_target(job.target, job.ort_kernels)
     bits = validate_bits(job.bits) if job.bits is not None else None
     if not math.isfinite(job.budget):
         raise AMQError(f"--budget {job.budget} is not a number of bits")
@@ -137,7 +138,7 @@ def run(job: ExportJob) -> dict[str, Any]:
 
             exported = export(qmodel, stage / "model.onnx", example=test[0], target=job.target,
                               normalizer=normalizer.to_dict(), budget=job.budget,
-                              cluster_size=task.get("cluster_size"))
+                              cluster_size=task.get("cluster_size"), ort_kernels=job.ort_kernels)
         seconds["export"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         verification = _verify(exported, qmodel, test, normalizer, job.budget)
@@ -148,7 +149,10 @@ def run(job: ExportJob) -> dict[str, Any]:
                      "allocation.png": "bits per node on a test mesh, and the error of AMQ and of uniform"}
         if exported.optimized_path is not None:
             artifacts["model.ort.onnx"] = ("the same graph as ONNX Runtime's CPU provider optimizes it "
-                                          "(MatMulIntegerToFloat kernels); load it with optimizations off or on")
+                                          "(MatMulIntegerToFloat kernels); load it with optimizations off or on"
+                                          + ("; it uses AMQ's kernel library (domain amq.ort): register "
+                                             "`amq-export build-kernels`'s library in the session options"
+                                             if job.ort_kernels else ""))
         report = {
             "model": str(job.model), "arch": ckpt.arch, "target": job.target, "data": job.data,
             "bits": list(qmodel.amq_config.bits), "weight_bits": qmodel.amq_config.weight_bits,

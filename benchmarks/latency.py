@@ -7,6 +7,13 @@ Three artifacts from the same seeded float weights (``darcy_config("mppde")``):
   the optimized ``.ort.onnx`` (``MatMulIntegerToFloat`` kernels);
 - ``amq``: ``AMQConfig(budget=5.0, bits=(4, 8))``, the same, run at budget 5.
 
+Where AMQ's ONNX Runtime kernels are built (``amq-export build-kernels``; ``--kernels auto``, the default),
+each model is also timed as ``--ort-kernels`` exports it (``kernels: true`` rows: the float graph with the
+same message-sum rewrite, the quantized ones also with one-pass segment quantization). Those graphs are
+correct on intra-op threads, so above one thread they run on intra-op threads, not the parallel executor.
+Their ratios compare them with each other (same runtime, same kernels); ``ratio_vs_uniform_int8_standard``
+compares them with the standard uniform int8 graph.
+
 The quantized models are calibrated on a few small generated Darcy meshes and not fine-tuned: this
 benchmark measures speed only; accuracy is not its concern (the weights are untrained).
 
@@ -29,10 +36,11 @@ from the parent through fork + exec, so in a child of this (large) process it re
 peak; ``ru_maxrss`` is used only where ``/proc`` is missing.
 
 Targets: AMQ latency at most 0.7x float and at most 1.15x uniform int8, at every thread count.
-The footer prints MET / NOT MET for each from the measured numbers.
+The footer prints MET / NOT MET for each from the measured numbers, for the standard graphs and, where timed,
+for the graphs with AMQ's kernels.
 
 Prints a table and writes benchmarks/results/latency.json, with its plot beside it (``plot_latency.py``):
-a list of rows {model, threads, nodes, edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs,
+a list of rows {model, kernels, threads, nodes, edges, median_ms, p10_ms, p90_ms, session_medians_ms, runs,
 sessions, peak_mb, base_mb, ratio_vs_float, ratio_vs_uniform_int8, session_ratios_vs_uniform_int8,
 mean_node_bits, threading, rel_dev_vs_1_thread, commit}, above one thread also intra_op_median_ms,
 intra_op_ratio_vs_uniform_int8 and intra_op_rel_dev_vs_1_thread; with ``--profile``, ONNX Runtime's profiler
@@ -40,6 +48,7 @@ at 1 thread: kernel time by graph stage (before and from the first quantized GEM
 
     python benchmarks/latency.py                  # the benchmark: 50,176 nodes, 1 and 2 threads, 20 runs
     python benchmarks/latency.py --resolution 48 --runs 3 --out /tmp/latency.json --profile   # smoke test
+    python benchmarks/latency.py --profile --profile-models uniform_int8+kernels,amq+kernels
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ if TYPE_CHECKING:
     from amq_export.data.normalizer import Normalizer
 
 MODELS = ("float", "uniform_int8", "amq")
+KERNELS = "+kernels"  # a model's name with AMQ's ONNX Runtime kernels
 CONFIGS = {"uniform_int8": {"budget": 8.0, "bits": (8,)}, "amq": {"budget": 5.0, "bits": (4, 8)}}
 MESH_FIELDS = ("x", "pos", "edge_index", "node_type")
 WARMUP = 3
@@ -73,9 +83,19 @@ MIN_NODES = 50_000
 TARGETS = (("float", 0.7), ("uniform_int8", 1.15))  # AMQ median at most this times the model's
 
 
-def build_artifacts(workdir: Path, calib_resolution: int, n_calib: int,
-                    seed: int) -> tuple[dict[str, Path], Normalizer]:
-    """Export the three models into ``workdir``: ({model: artifact path}, the calibration normaliser)."""
+def variant(model: str, kernels: bool) -> str:
+    return model + KERNELS if kernels else model
+
+
+def model_of(name: str) -> str:
+    return name.removesuffix(KERNELS)
+
+
+def build_artifacts(workdir: Path, calib_resolution: int, n_calib: int, seed: int,
+                    kernels: bool) -> tuple[dict[str, Path], Normalizer]:
+    """Export the three models into ``workdir`` (and with ``kernels``, each again with AMQ's kernels):
+    ({name: artifact path}, the calibration normaliser)."""
+    import onnx
     import torch
 
     from amq_export.amq.config import AMQConfig
@@ -84,6 +104,8 @@ def build_artifacts(workdir: Path, calib_resolution: int, n_calib: int,
     from amq_export.exporter import export, export_float
     from amq_export.models import build_model
     from amq_export.models.presets import darcy_config
+    from passes.onnx import apply_rules
+    from runtimes.onnxruntime import save_optimized
 
     data = load_mesh_dataset("darcy", resolution=calib_resolution, n_train=n_calib + 1, n_val=1, n_test=1,
                              seed=seed, cache_dir=workdir / "cache")
@@ -91,12 +113,17 @@ def build_artifacts(workdir: Path, calib_resolution: int, n_calib: int,
     torch.manual_seed(seed)
     model = build_model("mppde", darcy_config("mppde")).eval()
     paths = {"float": export_float(model, workdir / "float.onnx", example=example).path}
+    if kernels:  # the float graph's message sums, as --ort-kernels rewrites them
+        fused, _ = apply_rules(onnx.load(str(paths["float"])), "ort-kernels")
+        paths[variant("float", True)] = save_optimized(fused, workdir / "float.kernels.ort.onnx")
     for name, overrides in CONFIGS.items():
         qmodel = quantize(copy.deepcopy(model), AMQConfig(**overrides), calibration=data.train).eval()
-        result = export(qmodel, workdir / f"{name}.onnx", example=example, target="ort")
-        if result.optimized_path is None:
-            raise RuntimeError(f"export(target='ort') gave no optimized artifact for {name}")
-        paths[name] = result.optimized_path
+        for with_kernels in (False, True) if kernels else (False,):
+            stem = f"{name}.kernels" if with_kernels else name
+            result = export(qmodel, workdir / f"{stem}.onnx", example=example, target="ort", ort_kernels=with_kernels)
+            if result.optimized_path is None:
+                raise RuntimeError(f"export(target='ort') gave no optimized artifact for {stem}")
+            paths[variant(name, with_kernels)] = result.optimized_path
     return paths, data.normalizer
 
 
@@ -111,8 +138,8 @@ def bench_mesh(resolution: int, normalizer: Normalizer, seed: int) -> dict[str, 
 
 
 def budget_of(model: str) -> float | None:
-    """The budget input a model runs at (None: the float graph has none)."""
-    return CONFIGS[model]["budget"] if model in CONFIGS else None
+    """The budget input a model (or its kernels variant) runs at (None: the float graph has none)."""
+    return CONFIGS[model_of(model)]["budget"] if model_of(model) in CONFIGS else None
 
 
 def percentile(times: list[float], q: int) -> float:
@@ -130,9 +157,10 @@ def time_models(paths: dict[str, Path], arrays: dict[str, np.ndarray], threads: 
     the blocks and only one session is alive at a time. (With all models' sessions open at once, each session's
     idle thread pool spins after its run on the 2 cores the running one needs: at 2 threads that made whole
     blocks slow, AMQ's most, uniform int8 424 ms against 352-368 alone, AMQ 1.25-1.31x against 1.15-1.24x.)
-    ``threads`` as ``OrtModel`` takes them: for these graphs more than one means the parallel executor, unless
-    ``intra_op_scatter`` (intra-op threads: ONNX Runtime's default, whose scatter-add loses updates; timed for
-    reference). Also returned: each model's last prediction and its threading."""
+    ``threads`` as ``OrtModel`` takes them: for the standard graphs more than one means the parallel executor,
+    unless ``intra_op_scatter`` (intra-op threads: ONNX Runtime's default, whose scatter-add loses updates; timed
+    for reference); graphs with AMQ's kernels take intra-op threads. Also returned: each model's last prediction
+    and its threading."""
     import gc
 
     from runtimes.onnxruntime import OrtModel
@@ -269,14 +297,16 @@ def print_profiles(profiles: dict[str, dict[str, dict[str, tuple[float, int]]]],
 
 
 def targets_footer(rows: list[dict[str, Any]], threads: list[int]) -> list[str]:
-    """One MET / NOT MET line per (target, thread count), from the measured ratios."""
+    """One MET / NOT MET line per (graphs, target, thread count), from the measured ratios."""
     lines = []
-    by = {(r["model"], r["threads"]): r for r in rows}
-    for base, limit in TARGETS:
-        for t in threads:
-            ratio = by["amq", t][f"ratio_vs_{base}"]
-            verdict = "MET" if ratio <= limit else "NOT MET"
-            lines.append(f"target AMQ <= {limit:g}x {base} at {t} thread(s): {ratio:.3f}x -> {verdict}")
+    by = {(r["model"], r["kernels"], r["threads"]): r for r in rows}
+    for kernels in sorted({r["kernels"] for r in rows}):
+        graphs = "with AMQ's kernels" if kernels else "standard graphs"
+        for base, limit in TARGETS:
+            for t in threads:
+                ratio = by["amq", kernels, t][f"ratio_vs_{base}"]
+                verdict = "MET" if ratio <= limit else "NOT MET"
+                lines.append(f"{graphs}: target AMQ <= {limit:g}x {base} at {t} thread(s): {ratio:.3f}x -> {verdict}")
     return lines
 
 
@@ -302,7 +332,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path,
                         help="keep the artifacts here (default: a temporary directory)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
-    parser.add_argument("--peak-only", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--kernels", choices=("auto", "on", "off"), default="auto",
+                        help="also time the graphs with AMQ's ONNX Runtime kernels (auto: where they are built)")
+    parser.add_argument("--peak-only", choices=[variant(m, k) for m in MODELS for k in (False, True)],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--feeds-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peak-threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -310,25 +343,31 @@ def main() -> None:
     if args.peak_only:
         print(json.dumps(peak_child(args)))
         return
+    from runtimes.onnxruntime import kernels as ort_kernels
+
+    if args.kernels == "on":
+        ort_kernels.require()
+    with_kernels = args.kernels == "on" or (args.kernels == "auto" and ort_kernels.available())
     resolution = max(3, math.ceil(math.sqrt(args.nodes))) if args.nodes else args.resolution
     threads = [int(t) for t in args.threads.split(",")]
     if args.runs < 2:
         parser.error("--runs must be at least 2 (p10 / p90 need two)")
     if not 1 <= args.sessions <= args.runs:
         parser.error("--sessions must be between 1 and --runs")
-    if unknown := set(args.profile_models.split(",")) - set(MODELS):
-        parser.error(f"--profile-models: unknown {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    names = [variant(m, k) for m in MODELS for k in (False, True)]
+    if unknown := set(args.profile_models.split(",")) - set(names):
+        parser.error(f"--profile-models: unknown {sorted(unknown)}; choose from {', '.join(names)}")
 
     with tempfile.TemporaryDirectory(prefix="amq-latency-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        paths, normalizer = build_artifacts(workdir, args.calib_resolution, args.calib_meshes, args.seed)
+        paths, normalizer = build_artifacts(workdir, args.calib_resolution, args.calib_meshes, args.seed, with_kernels)
         arrays = bench_mesh(resolution, normalizer, args.seed)
         nodes, edges = arrays["x"].shape[0], arrays["edge_index"].shape[1]
         feeds_file = workdir / "mesh.npz"
         np.savez(feeds_file, **arrays)
-        print(f"exported {', '.join(MODELS)} in {time.perf_counter() - start:.1f}s; timing on {nodes:,} "
+        print(f"exported {', '.join(paths)} in {time.perf_counter() - start:.1f}s; timing on {nodes:,} "
               f"nodes, {edges:,} edges; {args.runs} runs in {args.sessions} fresh sessions per model "
               f"({WARMUP} warm-up runs each), one session alive at a time")
 
@@ -339,39 +378,48 @@ def main() -> None:
             stats = time_models(paths, arrays, t, args.runs, args.sessions)
             if not reference:
                 reference = {name: stats[name]["pred"] if t == 1 else time_models(
-                    {name: paths[name]}, arrays, 1, 2, 1)[name]["pred"] for name in MODELS}
-            intra = time_models(paths, arrays, t, args.runs, args.sessions, intra_op_scatter=True) if t > 1 else {}
-            for name in MODELS:
+                    {name: paths[name]}, arrays, 1, 2, 1)[name]["pred"] for name in paths}
+            standard = {name: paths[name] for name in MODELS}
+            intra = time_models(standard, arrays, t, args.runs, args.sessions, intra_op_scatter=True) if t > 1 else {}
+            for name in paths:
                 memory = peak_memory(name, paths[name], feeds_file, t)
-                rows.append({"model": name, "threads": t, "nodes": nodes, "edges": edges,
+                rows.append({"model": model_of(name), "kernels": name != model_of(name), "threads": t,
+                             "nodes": nodes, "edges": edges,
                              **{k: round(stats[name][k], 3) for k in ("median_ms", "p10_ms", "p90_ms")},
                              "session_medians_ms": stats[name]["session_medians_ms"],
                              "runs": args.runs, "sessions": args.sessions,
                              "peak_mb": round(memory["peak_mb"], 1), "base_mb": round(memory["base_mb"], 1),
                              "mean_node_bits": stats[name]["mean_node_bits"], "threading": stats[name]["threading"],
                              "rel_dev_vs_1_thread": deviation(stats[name]["pred"], reference[name]), "commit": rev})
-                if intra:  # ONNX Runtime's own multi-threading: faster, but its scatter-add loses updates
+                if name != model_of(name):  # the same model without the kernels: the same numbers
+                    rows[-1]["rel_dev_vs_standard"] = deviation(stats[name]["pred"], reference[model_of(name)])
+                if intra and name in intra:  # ONNX Runtime's own multi-threading: faster, but its scatter-add loses updates
                     rows[-1] |= {"intra_op_median_ms": round(intra[name]["median_ms"], 3),
                                  "intra_op_rel_dev_vs_1_thread": deviation(intra[name]["pred"], reference[name])}
-        by = {(r["model"], r["threads"]): r for r in rows}
+        by = {(r["model"], r["kernels"], r["threads"]): r for r in rows}
         for row in rows:
-            ref = {name: by[name, row["threads"]] for name in MODELS}
+            ref = {name: by[name, row["kernels"], row["threads"]] for name in MODELS}
             row["ratio_vs_float"] = round(row["median_ms"] / ref["float"]["median_ms"], 3)
             row["ratio_vs_uniform_int8"] = round(row["median_ms"] / ref["uniform_int8"]["median_ms"], 3)
             row["session_ratios_vs_uniform_int8"] = [  # each session against uniform int8's, timed in turn with it
                 round(m / u, 3) for m, u in zip(row["session_medians_ms"], ref["uniform_int8"]["session_medians_ms"],
                                                 strict=True)]
+            if row["kernels"]:
+                row["ratio_vs_uniform_int8_standard"] = round(
+                    row["median_ms"] / by["uniform_int8", False, row["threads"]]["median_ms"], 3)
             if "intra_op_median_ms" in row:
                 row["intra_op_ratio_vs_uniform_int8"] = round(
                     row["intra_op_median_ms"] / ref["uniform_int8"]["intra_op_median_ms"], 3)
 
         print_table(f"ONNX Runtime latency, MP-PDE, {nodes:,} nodes ({resolution}x{resolution} grid)", rows,
-                    ["model", "threads", "nodes", "median_ms", "p10_ms", "p90_ms", "peak_mb", "base_mb",
+                    ["model", "kernels", "threads", "nodes", "median_ms", "p10_ms", "p90_ms", "peak_mb", "base_mb",
                      "ratio_vs_float", "ratio_vs_uniform_int8", "rel_dev_vs_1_thread"])
         for line in targets_footer(rows, threads):
             print(line)
         for row in rows:
-            print(f"{row['model']:>12s} at {row['threads']} thread(s): {row['threading']}")
+            print(f"{variant(row['model'], row['kernels']):>20s} at {row['threads']} thread(s): {row['threading']}"
+                  + (f"; {row['ratio_vs_uniform_int8_standard']:.3f}x the standard uniform int8, predictions "
+                     f"{row['rel_dev_vs_standard']:.1e} from its own standard graph's" if row["kernels"] else ""))
         intra_rows = [r for r in rows if "intra_op_median_ms" in r]
         if intra_rows:
             print_table("For reference, the same graphs on ONNX Runtime's intra-op threads (its default), whose "
@@ -379,7 +427,7 @@ def main() -> None:
                         "counts here", intra_rows, ["model", "threads", "intra_op_median_ms",
                                                     "intra_op_ratio_vs_uniform_int8", "intra_op_rel_dev_vs_1_thread"])
         for row in rows:
-            print(f"{row['model']:>12s} at {row['threads']} thread(s), median of each session (ms): "
+            print(f"{variant(row['model'], row['kernels']):>20s} at {row['threads']} thread(s), median of each session (ms): "
                   + ", ".join(f"{m:g}" for m in row["session_medians_ms"])
                   + ("; over uniform int8's: " + ", ".join(f"{r:.3f}" for r in row["session_ratios_vs_uniform_int8"])
                      if row["model"] == "amq" else ""))

@@ -91,6 +91,7 @@ def test_eval_runs_an_exported_model(workdir, capsys):
     (["--budget", "9", "--bits", "4,8"], "outside the bit options"),
     (["--bits", "1,9"], "not integers in 2..8"),
     (["--data", "missing.npz"], "missing.npz"),
+    (["--target", "onnx", "--ort-kernels"], "--target ort only"),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_nothing(workdir, tmp_path, capsys, args, message):
     root, _ = workdir

@@ -5,7 +5,9 @@ One entry point, ``export(qmodel, path, target=..., example=mesh)``:
 - ``onnx``: ``path`` (standard ONNX, opset 18, integer GEMMs as ``MatMulInteger``), checked with
   ``onnx.checker`` (full check);
 - ``ort``: that, plus ``<stem>.ort.onnx``: the ONNX Runtime rewrites of ``passes.onnx`` applied
-  (``MatMulIntegerToFloat`` kernels), saved as ONNX Runtime's CPU provider optimizes it;
+  (``MatMulIntegerToFloat`` kernels), saved as ONNX Runtime's CPU provider optimizes it; with
+  ``ort_kernels=True`` also AMQ's own kernels (``runtimes/onnxruntime/kernels``: bucket segments quantized in
+  one pass, a scatter-add that is correct on intra-op threads), which that file then needs at run time;
 - ``trt``: not available yet (clear error).
 
 Every file is written to a temporary name and renamed, so a failure leaves nothing half-written.
@@ -43,7 +45,14 @@ class ExportResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def check_target(target: str) -> str:
+def check_target(target: str, ort_kernels: bool = False) -> str:
+    """``target`` if it can be exported to (and, with ``ort_kernels``, the kernel library is built), else a clear error."""
+    if ort_kernels:
+        if target != "ort":
+            raise AMQError(f"--ort-kernels applies to --target ort only, not {target}")
+        from runtimes.onnxruntime import kernels
+
+        kernels.require()
     if target == "trt":
         raise AMQError("--target trt is not available yet: the TensorRT export (plugins for the bucketed "
                        "GEMM) has not landed; use --target onnx or --target ort")
@@ -75,9 +84,9 @@ def deployment_meta(qmodel: AMQModel | None, main: nn.Module, normalizer: dict |
 
 def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, target: str = "onnx",
            mode: str = "aux", sort_rows: bool = True, normalizer: dict | None = None,
-           budget: float | None = None, cluster_size: int | None = None) -> ExportResult:
+           budget: float | None = None, cluster_size: int | None = None, ort_kernels: bool = False) -> ExportResult:
     """Export ``qmodel`` for ``target``; ``example`` is one mesh to trace with (any size)."""
-    check_target(target)
+    check_target(target, ort_kernels)
     path = Path(path)
     module = AMQInferenceModel(qmodel.eval(), mode=mode, sort_rows=sort_rows)
     meta = deployment_meta(qmodel, qmodel.main, normalizer, budget, cluster_size)
@@ -89,10 +98,11 @@ def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, targ
     if target == "ort":
         from runtimes.onnxruntime import save_optimized
 
-        fused, fusions = apply_rules(model, "ort")
+        fused, fusions = apply_rules(model, "ort-kernels" if ort_kernels else "ort")
         result.rewrites = {op: rewrites.get(op, 0) + fusions.get(op, 0) for op in rewrites | fusions}
         result.optimized_path = save_optimized(fused, path.with_name(path.stem + ".ort.onnx"))
     return result
+
 
 
 class _FloatModule(nn.Module):

@@ -7,6 +7,7 @@ from collections import Counter
 import onnx
 from onnxscript.rewriter import rewrite
 
+from passes.onnx.amq_ort_kernels import STEPS as AMQ_ORT_KERNELS
 from passes.onnx.fuse_matmul_integer_to_float import RULES as FUSE_MATMUL_INTEGER_TO_FLOAT
 from passes.onnx.narrow_exact_sqrt import RULE as NARROW_EXACT_SQRT
 from passes.onnx.narrow_gather_scatter import RULES as NARROW_GATHER_SCATTER
@@ -18,9 +19,11 @@ from passes.onnx.slice_gathered_rows import GATHER_RULES as SLICE_GATHER
 # Every artifact (float ones too, so that comparisons stay fair) gets the "onnx" steps, in order: a list
 # of rules is one rewrite sweep, a function a graph pass that is not one pattern. The narrow gathers go
 # last: ``skip_segment_concat`` follows segment rows through the ``Gather`` ops they replace.
+# ``ort-kernels`` is the ``ort`` target with AMQ's ONNX Runtime kernel library (``runtimes/onnxruntime/kernels``).
 STEPS_BY_TARGET = {"onnx": [[SCATTER_ADD_ROWS, *SLICE_COLUMN_CONCAT, NARROW_EXACT_SQRT], SLICE_GATHER,
                             skip_segment_concat, NARROW_GATHER_SCATTER],
-                   "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT]}
+                   "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT],
+                   "ort-kernels": [*AMQ_ORT_KERNELS, FUSE_MATMUL_INTEGER_TO_FLOAT]}
 
 
 def apply_rules(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto, dict[str, int]]:

@@ -8,7 +8,9 @@ intra-op threads the float, uniform int8 and AMQ MP-PDE graphs on a 50k-node mes
 (relative L2) away from their 1-thread outputs, different on every run; one ``ScatterND`` over 300k random
 targets lost updates on every run). A graph with such a node therefore runs its kernels on one intra-op thread;
 more threads run independent nodes side by side (ONNX Runtime's parallel executor, ``inter_op_num_threads``),
-which is correct. ``intra_op_scatter=True`` overrides this, to measure the race, never to deploy.
+which is correct. ``intra_op_scatter=True`` overrides this, to measure the race, never to deploy. Graphs
+exported with AMQ's kernels (``runtimes/onnxruntime/kernels``) sum messages with ``amq.ort.ScatterAddRows``,
+which is correct on intra-op threads: they run on as many as asked.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from amq_export.amq.inference_model import INTEGER_INPUTS
 from amq_export.errors import AMQError
+from runtimes.onnxruntime import kernels
 
 META_KEY = "amq.meta"
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.InvalidProtobuf,
@@ -106,12 +109,14 @@ class OrtModel:
         if not self.path.is_file():
             raise AMQError(f"ONNX model {self.path} does not exist; export one with amq-export MODEL.pt --target onnx")
         try:
-            racy = bool(racy_scatters(onnx.load(str(self.path), load_external_data=False)))
+            graph = onnx.load(str(self.path), load_external_data=False)
         except (DecodeError, OSError, ValueError) as exc:
             raise AMQError(f"ONNX Runtime cannot load {self.path} ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
                            "re-export it with amq-export") from None
-        inter_op = racy and not intra_op_scatter
+        inter_op = bool(racy_scatters(graph)) and not intra_op_scatter
         options = session_options(threads, optimization, inter_op=inter_op)
+        if kernels.uses_kernels(graph):
+            kernels.register(options)
         self.threading = threading_of(options)
         if profile_prefix is not None:
             options.enable_profiling = True
@@ -161,6 +166,8 @@ def save_optimized(model: onnx.ModelProto, path: str | os.PathLike[str], optimiz
     os.close(fd)
     try:
         options = session_options(optimization=optimization)
+        if kernels.uses_kernels(model):
+            kernels.register(options)
         options.optimized_model_filepath = target
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         os.replace(target, path)

@@ -1,0 +1,311 @@
+// ONNX Runtime CPU kernels for what the standard op set makes AMQ graphs copy (domain "amq.ort").
+//
+// QuantizeRows(x float [R, F], start int64 [1], end int64 [1], scale float [], zero_point uint8 [],
+//              low uint8 [], high uint8 []) -> uint8 [end - start, F]
+//   Rows start..end of x (bounds as Slice takes them: negative from the end, clamped to 0..R), each element
+//   clamp(round_half_even(x / scale) + zero_point, low, high): the integers of
+//   Clip(QuantizeLinear(Slice(x, start, end, axes=[0]), scale, zero_point), low, high)
+//   in one pass, reading the floats once (no float copy of the segment, no second pass for the clip).
+//
+// ScatterAddRows(data float [N, F], index int64 [E, 1], updates float [E, F]) -> float [N, F]
+//   data with updates[e] added to row index[e] (negative indices count from the end), in edge order:
+//   ScatterND(data, index, updates, reduction="add"). It may work in data's buffer (ONNX Runtime then
+//   skips the copy of the accumulator), and on several intra-op threads each thread owns a range of target
+//   rows, so no two threads ever add into the same row (ONNX Runtime's ScatterND loses updates there).
+//
+// Built against ONNX Runtime's C API headers only (version 21, which later runtimes accept), without
+// linking the runtime: ONNX Runtime hands its API to RegisterCustomOps. runtimes/onnxruntime/kernels/build.py
+// compiles it.
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr const char* kDomain = "amq.ort";
+constexpr int64_t kRowBlock = 1024;    // rows per parallel task of QuantizeRows
+
+int64_t ScalarInt64(const Ort::ConstValue& value, const char* what) {
+  auto info = value.GetTensorTypeAndShapeInfo();
+  if (info.GetElementCount() != 1) {
+    ORT_CXX_API_THROW(std::string("QuantizeRows: ") + what + " must hold one value", ORT_INVALID_ARGUMENT);
+  }
+  return value.GetTensorData<int64_t>()[0];
+}
+
+// A Slice bound on an axis of `rows`: negative counts from the end, then clamped to 0..rows.
+int64_t SliceBound(int64_t bound, int64_t rows) {
+  if (bound < 0) bound = bound < -rows ? 0 : bound + rows;
+  return std::min(bound, rows);
+}
+
+template <typename T>
+T Scalar(const Ort::ConstValue& value, const char* op, const char* what) {
+  if (value.GetTensorTypeAndShapeInfo().GetElementCount() != 1) {
+    ORT_CXX_API_THROW(std::string(op) + ": " + what + " must be a scalar", ORT_INVALID_ARGUMENT);
+  }
+  return value.GetTensorData<T>()[0];
+}
+
+struct QuantizeTask {
+  const float* x;
+  uint8_t* q;
+  int64_t rows, columns;
+  float scale, lo, hi, zero_point;  // lo, hi: the bounds minus the zero point, as floats
+};
+
+// Divide, clamp (to integer bounds, so clamping before rounding equals clamping after), round half to
+// even (the SIMD conversion under the default rounding mode; std::nearbyint elsewhere), add the zero point:
+// ONNX Runtime's QuantizeLinear computes the same integers (tested bit for bit).
+int64_t QuantizeTail(const QuantizeTask& t, const float* x, uint8_t* q, int64_t i, int64_t count) {
+  const int zp = static_cast<int>(t.zero_point);
+  for (; i < count; ++i) {
+    const float f = std::min(std::max(x[i] / t.scale, t.lo), t.hi);
+    q[i] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(f)) + zp);
+  }
+  return count;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) int64_t QuantizeAvx2(const QuantizeTask& t, const float* x, uint8_t* q,
+                                                       int64_t count) {
+  const __m256 scale = _mm256_set1_ps(t.scale), lo = _mm256_set1_ps(t.lo), hi = _mm256_set1_ps(t.hi);
+  const __m256i zero_point = _mm256_set1_epi32(static_cast<int>(t.zero_point));
+  const __m256i lane_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the packs' lane interleave
+  int64_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    __m256i v[4];
+    for (int j = 0; j < 4; ++j) {
+      __m256 f = _mm256_div_ps(_mm256_loadu_ps(x + i + 8 * j), scale);
+      f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+      v[j] = _mm256_add_epi32(_mm256_cvtps_epi32(f), zero_point);
+    }
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(bytes, lane_order));
+  }
+  return i;
+}
+
+int64_t QuantizeSse2(const QuantizeTask& t, const float* x, uint8_t* q, int64_t count) {
+  const __m128 scale = _mm_set1_ps(t.scale), lo = _mm_set1_ps(t.lo), hi = _mm_set1_ps(t.hi);
+  const __m128i zero_point = _mm_set1_epi32(static_cast<int>(t.zero_point));
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    __m128i v[4];
+    for (int j = 0; j < 4; ++j) {
+      __m128 f = _mm_div_ps(_mm_loadu_ps(x + i + 4 * j), scale);
+      f = _mm_min_ps(_mm_max_ps(f, lo), hi);
+      v[j] = _mm_add_epi32(_mm_cvtps_epi32(f), zero_point);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i),
+                     _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])));
+  }
+  return i;
+}
+
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+void QuantizeBlock(void* data, size_t block) {
+  const auto& t = *static_cast<const QuantizeTask*>(data);
+  const int64_t first = static_cast<int64_t>(block) * kRowBlock;
+  const int64_t count = (std::min(first + kRowBlock, t.rows) - first) * t.columns;
+  const float* x = t.x + first * t.columns;
+  uint8_t* q = t.q + first * t.columns;
+  int64_t done = 0;
+#if defined(__x86_64__)
+  done = kHasAvx2 ? QuantizeAvx2(t, x, q, count) : QuantizeSse2(t, x, q, count);
+#endif
+  QuantizeTail(t, x, q, done, count);
+}
+
+// Errors thrown by a kernel become the status ONNX Runtime reports (no exception crosses its C API).
+template <typename Kernel>
+struct StatusKernel {
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      static_cast<Kernel*>(this)->Compute(context);
+      return nullptr;
+    } catch (const Ort::Exception& error) {
+      return Ort::Status(error).release();
+    } catch (const std::exception& error) {
+      return Ort::Status(error).release();
+    }
+  }
+};
+
+struct QuantizeRowsKernel : StatusKernel<QuantizeRowsKernel> {
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext context(raw);
+    auto x = context.GetInput(0);
+    const auto shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.size() != 2) {
+      ORT_CXX_API_THROW("QuantizeRows: x must be [rows, columns]", ORT_INVALID_ARGUMENT);
+    }
+    const int64_t rows = shape[0], columns = shape[1];
+    const int64_t start = SliceBound(ScalarInt64(context.GetInput(1), "start"), rows);
+    const int64_t end = std::max(start, SliceBound(ScalarInt64(context.GetInput(2), "end"), rows));
+    QuantizeTask task;
+    task.scale = Scalar<float>(context.GetInput(3), "QuantizeRows", "scale");
+    const uint8_t zero_point = Scalar<uint8_t>(context.GetInput(4), "QuantizeRows", "zero_point");
+    const uint8_t low = Scalar<uint8_t>(context.GetInput(5), "QuantizeRows", "low");
+    const uint8_t high = Scalar<uint8_t>(context.GetInput(6), "QuantizeRows", "high");
+    if (low > high) {
+      ORT_CXX_API_THROW("QuantizeRows: low must not exceed high", ORT_INVALID_ARGUMENT);
+    }
+    task.zero_point = zero_point;
+    task.lo = static_cast<float>(low) - zero_point;
+    task.hi = static_cast<float>(high) - zero_point;
+    task.rows = end - start;
+    task.columns = columns;
+    auto out = context.GetOutput(0, std::vector<int64_t>{task.rows, columns});
+    task.x = x.GetTensorData<float>() + start * columns;
+    task.q = out.GetTensorMutableData<uint8_t>();
+    const int64_t blocks = (task.rows + kRowBlock - 1) / kRowBlock;
+    if (blocks > 0) context.ParallelFor(QuantizeBlock, static_cast<size_t>(blocks), 0, &task);
+  }
+};
+
+struct ScatterTask {
+  float* out;
+  const int64_t* index;
+  const float* updates;
+  int64_t edges, columns, rows_per_block;
+};
+
+constexpr int64_t kScatterBlocks = 2;  // target row ranges: one per thread on two, two passes on one
+
+// Every edge whose target row lies in this block's range, in edge order (the order ScatterND adds in).
+// Each block scans the whole index but touches only its own rows, so two passes on one thread cost
+// one scan of the index more than one pass, not a second round of random row accesses.
+void ScatterBlock(void* data, size_t block) {
+  const auto& t = *static_cast<const ScatterTask*>(data);
+  const int64_t lo = static_cast<int64_t>(block) * t.rows_per_block, hi = lo + t.rows_per_block;
+  for (int64_t e = 0; e < t.edges; ++e) {
+    const int64_t r = t.index[e];
+    if (r < lo || r >= hi) continue;
+    float* row = t.out + r * t.columns;
+    const float* update = t.updates + e * t.columns;
+    for (int64_t c = 0; c < t.columns; ++c) row[c] += update[c];
+  }
+}
+
+struct ScatterAddRowsKernel : StatusKernel<ScatterAddRowsKernel> {
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext context(raw);
+    auto data = context.GetInput(0);
+    auto index = context.GetInput(1);
+    auto updates = context.GetInput(2);
+    const auto shape = data.GetTensorTypeAndShapeInfo().GetShape();
+    const auto index_shape = index.GetTensorTypeAndShapeInfo().GetShape();
+    const auto update_shape = updates.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.size() != 2 || index_shape.size() != 2 || index_shape[1] != 1 || update_shape.size() != 2 ||
+        update_shape[0] != index_shape[0] || update_shape[1] != shape[1]) {
+      ORT_CXX_API_THROW("ScatterAddRows: expected data [N, F], index [E, 1], updates [E, F]", ORT_INVALID_ARGUMENT);
+    }
+    const int64_t rows = shape[0], columns = shape[1], edges = index_shape[0];
+    auto out = context.GetOutput(0, shape);
+    float* target = out.GetTensorMutableData<float>();
+    const float* source = data.GetTensorData<float>();
+    if (target != source && rows * columns > 0) {  // ONNX Runtime did not hand over data's buffer
+      std::memcpy(target, source, static_cast<size_t>(rows * columns) * sizeof(float));
+    }
+    const int64_t* raw_index = index.GetTensorData<int64_t>();
+    std::vector<int64_t> wrapped;  // negative indices count from the end, as ScatterND's do
+    const int64_t* rows_of = raw_index;
+    for (int64_t e = 0; e < edges; ++e) {
+      int64_t i = raw_index[e];
+      if (i < -rows || i >= rows) {
+        ORT_CXX_API_THROW("ScatterAddRows: index " + std::to_string(i) + " is out of range for " +
+                              std::to_string(rows) + " rows", ORT_INVALID_ARGUMENT);
+      }
+      if (i < 0) {
+        if (wrapped.empty()) wrapped.assign(raw_index, raw_index + edges);
+        wrapped[e] = i + rows;
+      }
+    }
+    if (!wrapped.empty()) rows_of = wrapped.data();
+    const int64_t rows_per_block = (rows + kScatterBlocks - 1) / kScatterBlocks;
+    ScatterTask task{target, rows_of, updates.GetTensorData<float>(), edges, columns, rows_per_block};
+    if (rows > 0 && edges > 0 && columns > 0) context.ParallelFor(ScatterBlock, kScatterBlocks, 0, &task);
+  }
+};
+
+struct QuantizeRowsOp : Ort::CustomOpBase<QuantizeRowsOp, QuantizeRowsKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
+    *kernel = new QuantizeRowsKernel();
+    return nullptr;
+  }
+  const char* GetName() const { return "QuantizeRows"; }
+  size_t GetInputTypeCount() const { return 7; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    if (index == 0 || index == 3) return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    if (index == 1 || index == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8; }
+};
+
+size_t DataMayBeOutput(int** input_index, int** output_index) {
+  *input_index = new int[1]{0};
+  *output_index = new int[1]{0};
+  return 1;
+}
+
+void ReleasePairs(int* input_index, int* output_index) {
+  delete[] input_index;
+  delete[] output_index;
+}
+
+struct ScatterAddRowsOp : Ort::CustomOpBase<ScatterAddRowsOp, ScatterAddRowsKernel, true> {
+  ScatterAddRowsOp() {
+    OrtCustomOp::GetMayInplace = DataMayBeOutput;
+    OrtCustomOp::ReleaseMayInplace = ReleasePairs;
+  }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
+    *kernel = new ScatterAddRowsKernel();
+    return nullptr;
+  }
+  const char* GetName() const { return "ScatterAddRows"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+const QuantizeRowsOp kQuantizeRows;
+const ScatterAddRowsOp kScatterAddRows;
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    return nullptr;  // cannot even report: this runtime predates the headers the library was built with
+  }
+  Ort::InitApi(api);
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* status = api->CreateCustomOpDomain(kDomain, &domain)) return status;
+  // The domain must outlive every session using it; the library stays loaded for the process anyway.
+  for (const OrtCustomOp* op : {static_cast<const OrtCustomOp*>(&kQuantizeRows),
+                                static_cast<const OrtCustomOp*>(&kScatterAddRows)}) {
+    if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) return status;
+  }
+  return api->AddCustomOpDomain(options, domain);
+}

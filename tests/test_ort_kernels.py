@@ -1,0 +1,231 @@
+"""AMQ's ONNX Runtime kernels (``runtimes/onnxruntime/kernels``) and the rules that use them
+(``passes/onnx/amq_ort_kernels.py``): each op computes what the standard ops it replaces compute, bit for
+bit, on one and two intra-op threads; exported models keep their predictions; the build's errors are clear.
+The tests that run the library skip where it is not built (``amq-export build-kernels``)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from amq_export.data.mesh_data import MeshData
+from amq_export.errors import AMQError
+from amq_export.exporter import export
+from passes.onnx import apply_rules
+from runtimes.onnxruntime import OrtModel, kernels, save_optimized
+
+built = pytest.mark.skipif(not kernels.available(), reason="AMQ's ONNX Runtime kernels are not built "
+                                                           "(amq-export build-kernels)")
+
+
+def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    graph = h.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid(kernels.DOMAIN, 1)])
+
+
+def _session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if kernels.uses_kernels(model):
+        kernels.register(options)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _quantize_graph(slice_rows: bool, clip: bool, columns: int = 37) -> onnx.ModelProto:
+    """What a bucket segment's quantization lowers to: [Clip(]QuantizeLinear([Slice(]x[)])[)]."""
+    nodes, source = [], "x"
+    if slice_rows:
+        nodes.append(h.make_node("Slice", ["x", "start", "end", "axes"], ["rows"]))
+        source = "rows"
+    nodes.append(h.make_node("QuantizeLinear", [source, "scale", "zero_point"], ["q" if clip else "y"]))
+    if clip:
+        nodes.append(h.make_node("Clip", ["q", "low", "high"], ["y"]))
+    inits = [h.make_tensor("axes", T.INT64, [1], [0]), h.make_tensor("scale", T.FLOAT, [], [0.25]),
+             h.make_tensor("zero_point", T.UINT8, [], [7]), h.make_tensor("low", T.UINT8, [], [0]),
+             h.make_tensor("high", T.UINT8, [], [15])]
+    inputs = [h.make_tensor_value_info("x", T.FLOAT, ["n", columns]),
+              h.make_tensor_value_info("start", T.INT64, [1]), h.make_tensor_value_info("end", T.INT64, [1])]
+    return _model(nodes, inputs if slice_rows else inputs[:1], [h.make_tensor_value_info("y", T.UINT8, None)],
+                  [i for i in inits if slice_rows or i.name != "axes"])
+
+
+def _quantize_feeds(rows: int, columns: int = 37, start: int = 5, end: int = 900) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, columns)) * 3).astype(np.float32)
+    x.reshape(-1)[: x.size // 2] = np.round(x.reshape(-1)[: x.size // 2] * 8) / 8  # many exact halves of a step
+    return {"x": x, "start": np.array([start], np.int64), "end": np.array([end], np.int64)}
+
+
+@built
+@pytest.mark.parametrize(("slice_rows", "clip"), [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_quantize_rows_is_slice_quantize_clip_bit_for_bit(slice_rows, clip, threads):
+    model = _quantize_graph(slice_rows, clip)
+    rewritten, changes = apply_rules(model, "ort-kernels")
+    assert changes["QuantizeRows"] == 1 and changes["QuantizeLinear"] == -1
+    assert not {"Slice", "Clip", "QuantizeLinear"} & {n.op_type for n in rewritten.graph.node}
+    for rows, start, end in ((3000, 5, 2900), (3000, -10, 10**9), (3000, 2000, 1000), (0, 0, 5)):
+        feeds = _quantize_feeds(rows, start=start, end=end)
+        feeds = feeds if slice_rows else {"x": feeds["x"]}
+        expected = _session(model).run(None, feeds)[0]
+        got = _session(rewritten, threads).run(None, feeds)[0]
+        assert got.shape == expected.shape and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_lone_quantize_linear_is_left_alone():
+    """One pass already: nothing to fuse, and the standard kernel is as fast."""
+    assert apply_rules(_quantize_graph(slice_rows=False, clip=False), "ort-kernels")[1] == {}
+
+
+def _scatter_graph(index_columns: int = 1, columns: int = 40) -> onnx.ModelProto:
+    """Two message sums in a row into one accumulator (two bucket segments), as the exported graphs do."""
+    nodes = [h.make_node("ScatterND", ["data", "i0", "u0"], ["a"], reduction="add"),
+             h.make_node("ScatterND", ["a", "i1", "u1"], ["y"], reduction="add")]
+    rows = {name: h.make_tensor_value_info(name, T.FLOAT, [dim, columns])
+            for name, dim in (("data", "n"), ("u0", "e0"), ("u1", "e1"))}
+    index = [h.make_tensor_value_info(name, T.INT64, [dim, index_columns]) for name, dim in (("i0", "e0"), ("i1", "e1"))]
+    inputs = [rows["data"], index[0], rows["u0"], index[1], rows["u1"]]
+    return _model(nodes, inputs, [h.make_tensor_value_info("y", T.FLOAT, ["n", columns])])
+
+
+@built
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scatter_add_rows_sums_every_update_in_edge_order(threads):
+    """Bit for bit ScatterND's sums (each row's updates added in edge order), also on two intra-op threads,
+    where ONNX Runtime's own ScatterND loses updates; negative indices count from the end; the input
+    accumulator is left as it was."""
+    model = _scatter_graph()
+    rewritten, changes = apply_rules(model, "ort-kernels")
+    assert changes == {"ScatterND": -2, "ScatterAddRows": 2}
+    rng = np.random.default_rng(0)
+    n, edges = 5000, 60_000
+    index = rng.integers(-n, n, (edges, 1))
+    feeds = {"data": rng.standard_normal((n, 40)).astype(np.float32), "i0": index[:50_000], "i1": index[50_000:],
+             "u0": rng.standard_normal((50_000, 40)).astype(np.float32),
+             "u1": rng.standard_normal((10_000, 40)).astype(np.float32)}
+    data = feeds["data"].copy()
+    expected = data.copy()
+    np.add.at(expected, index[:50_000, 0], feeds["u0"])
+    np.add.at(expected, index[50_000:, 0], feeds["u1"])
+    session = _session(rewritten, threads)
+    for _ in range(3):
+        np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
+    np.testing.assert_array_equal(feeds["data"], data)
+    np.testing.assert_array_equal(_session(model).run(None, feeds)[0], expected)  # ScatterND on one thread
+
+
+@built
+def test_scatter_add_rows_rejects_an_index_out_of_range():
+    session = _session(apply_rules(_scatter_graph(), "ort-kernels")[0])
+    feeds = {"data": np.zeros((4, 40), np.float32), "i0": np.array([[1], [4]]), "u0": np.ones((2, 40), np.float32),
+             "i1": np.zeros((0, 1), np.int64), "u1": np.zeros((0, 40), np.float32)}
+    with pytest.raises(Exception, match="index 4 is out of range for 4 rows"):
+        session.run(None, feeds)
+
+
+def test_element_scatters_are_left_alone():
+    """An index with two columns addresses elements, not rows: not this kernel's."""
+    assert apply_rules(_scatter_graph(index_columns=2), "ort-kernels")[1] == {}
+
+
+@pytest.fixture(scope="module")
+def exports(tiny, qmodel_factory, tmp_path_factory):
+    """A tiny MP-PDE and GraphViT exported for ``ort`` with and without the kernels (MP-PDE through
+    ``export(ort_kernels=True)``; GraphViT, whose export takes half a minute, by the same rules applied to
+    its standard export)."""
+    if not kernels.available():
+        pytest.skip("AMQ's ONNX Runtime kernels are not built (amq-export build-kernels)")
+    out = {}
+    for arch in ("mppde", "graphvit"):
+        qmodel = qmodel_factory(tiny, arch).eval()
+        folder = tmp_path_factory.mktemp(arch)
+        plain = export(qmodel, folder / "plain.onnx", example=tiny.test[0], target="ort")
+        if arch == "mppde":
+            fast = export(qmodel, folder / "kernels.onnx", example=tiny.test[0], target="ort", ort_kernels=True).optimized_path
+        else:
+            fast = save_optimized(apply_rules(onnx.load(str(plain.path)), "ort-kernels")[0], folder / "kernels.ort.onnx")
+        out[arch] = (plain.optimized_path, fast)
+    return tiny, out
+
+
+@pytest.mark.parametrize("arch", ["mppde", "graphvit"])
+def test_exported_models_with_kernels_predict_what_the_standard_ones_do(exports, arch):
+    """Same bits, same predictions to the last bit on every test mesh and budget, at 1 and 2 intra-op
+    threads; the kernels replace every segment slice, narrow-bucket clip and message sum."""
+    data, by_arch = exports
+    plain, fast = by_arch[arch]
+    graph = onnx.load(str(fast)).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["QuantizeRows"] > 0 and ops["ScatterAddRows"] > 0 and ops["ScatterND"] == 0, ops
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    chains = [(producer.get(node.input[0]), node.op_type) for node in graph.node]
+    assert ("Slice", "QuantizeLinear") not in chains and ("QuantizeLinear", "Clip") not in chains
+    assert ops["MatMulIntegerToFloat"] == Counter(
+        node.op_type for node in onnx.load(str(plain)).graph.node)["MatMulIntegerToFloat"]
+    reference = OrtModel(plain, threads=1)
+    for threads in (1, 2):
+        runner = OrtModel(fast, threads=threads)
+        assert runner.threading == f"{threads} intra-op thread(s)"
+        for budget in (3.6, 4.5):
+            for mesh in data.test:
+                want, got = reference.run(mesh, budget), runner.run(mesh, budget)
+                for name in want:
+                    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_empty_meshes_run_with_kernels(exports):
+    runner = OrtModel(exports[1]["mppde"][1], threads=2)
+    empty = MeshData(x=torch.zeros(0, 1), pos=torch.zeros(0, 2), edge_index=torch.zeros(2, 0, dtype=torch.long),
+                     node_type=torch.zeros(0, dtype=torch.long))
+    assert runner.run(empty, 4.0)["pred"].shape == (0, 1)
+    lonely = MeshData(x=torch.randn(5, 1), pos=torch.rand(5, 2), edge_index=torch.zeros(2, 0, dtype=torch.long),
+                      node_type=torch.zeros(5, dtype=torch.long))
+    assert np.isfinite(runner.run(lonely, 4.0)["pred"]).all()
+
+
+def test_unbuilt_kernels_are_a_clear_error(monkeypatch, tmp_path, qmodel_factory, tiny):
+    monkeypatch.setenv("AMQ_CACHE_DIR", str(tmp_path))
+    assert not kernels.available()
+    with pytest.raises(AMQError, match="amq-export build-kernels"):
+        export(qmodel_factory(tiny), tmp_path / "m.onnx", example=tiny.test[0], target="ort", ort_kernels=True)
+    with pytest.raises(AMQError, match="--target ort only"):
+        export(qmodel_factory(tiny), tmp_path / "m.onnx", example=tiny.test[0], target="onnx", ort_kernels=True)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_headers_folder_must_hold_the_headers(monkeypatch, tmp_path):
+    monkeypatch.setenv(kernels.HEADERS_ENV, str(tmp_path))
+    with pytest.raises(AMQError, match="has no onnxruntime_cxx_api.h"):
+        kernels.headers_dir()
+
+
+def test_debian_package_members_are_found():
+    """The headers come out of a Debian package: an ``ar`` archive whose ``data.tar.*`` holds the files."""
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w:gz") as tar:
+        info = tarfile.TarInfo("./usr/include/onnxruntime/onnxruntime_cxx_api.h")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"// \n"[:3]))
+    data = payload.getvalue()
+
+    def member(name: str, body: bytes) -> bytes:
+        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode()
+        return header + body + (b"\n" if len(body) % 2 else b"")
+
+    deb = b"!<arch>\n" + member("debian-binary", b"2.0\n") + member("control.tar.xz", b"xyz") + member(
+        "data.tar.gz", data)
+    assert kernels._deb_member(deb, "data.tar") == data
+    with pytest.raises(AMQError, match="no missing"):
+        kernels._deb_member(deb, "missing")
+    with pytest.raises(AMQError, match="not a Debian archive"):
+        kernels._deb_member(b"PK\x03\x04", "data.tar")
