@@ -133,6 +133,33 @@ def test_scatter_add_rows_rejects_an_index_out_of_range():
         session.run(None, feeds)
 
 
+def _gathered_scatter_graph() -> onnx.ModelProto:
+    """A message sum of gathered node rows (the auxiliary GNN's): ScatterND(data, index, Gather(rows, source))."""
+    nodes = [h.make_node("Gather", ["rows", "source"], ["messages"], axis=0),
+             h.make_node("ScatterND", ["data", "index", "messages"], ["y"], reduction="add")]
+    inputs = [h.make_tensor_value_info("data", T.FLOAT, ["n", 8]), h.make_tensor_value_info("index", T.INT64, ["e", 1]),
+              h.make_tensor_value_info("rows", T.FLOAT, ["m", 8]), h.make_tensor_value_info("source", T.INT64, ["e"])]
+    return _model(nodes, inputs, [h.make_tensor_value_info("y", T.FLOAT, ["n", 8])])
+
+
+@built
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scatter_add_of_gathered_rows_reads_them_in_place(threads):
+    model = _gathered_scatter_graph()
+    rewritten, changes = apply_rules(model, "ort-kernels")
+    assert changes == {"Gather": -1, "ScatterND": -1, "ScatterAddRows": 1}
+    rng = np.random.default_rng(1)
+    feeds = {"data": rng.standard_normal((3000, 8)).astype(np.float32), "index": rng.integers(-3000, 3000, (40_000, 1)),
+             "rows": rng.standard_normal((2000, 8)).astype(np.float32), "source": rng.integers(-2000, 2000, 40_000)}
+    expected = feeds["data"].copy()
+    np.add.at(expected, feeds["index"][:, 0], feeds["rows"][feeds["source"]])
+    np.testing.assert_array_equal(_session(rewritten, threads).run(None, feeds)[0], expected)
+    np.testing.assert_array_equal(_session(model).run(None, feeds)[0], expected)
+    feeds["source"][7] = 2000
+    with pytest.raises(Exception, match="source 2000 is out of range for 2000 rows"):
+        _session(rewritten, threads).run(None, feeds)
+
+
 def test_element_scatters_are_left_alone():
     """An index with two columns addresses elements, not rows: not this kernel's."""
     assert apply_rules(_scatter_graph(index_columns=2), "ort-kernels")[1] == {}

@@ -9,9 +9,12 @@ Two ops of domain ``amq.ort`` replace what ONNX Runtime's standard kernels copy 
   scalar uint8 zero point and bounds. A ``QuantizeLinear`` without ``Slice`` is rewritten only with a
   ``Clip`` (alone it is one pass already). Rewrite: ``QuantizeRows`` with ``start`` 0 / ``end`` int64 max
   where there is no ``Slice``, ``low`` 0 / ``high`` 255 where there is no ``Clip``.
-- ``ScatterAddRows(data, index, updates)``: ``ScatterND(data, index [E, 1], updates [E, F],
+- ``ScatterAddRows(data, index, updates[, source])``: ``ScatterND(data, index [E, 1], updates [E, F],
   reduction="add")``, the message sum; the same additions in the same order, in ``data``'s buffer where
-  ONNX Runtime allows it, and correct on intra-op threads (each thread owns whole column blocks).
+  ONNX Runtime allows it, and correct on intra-op threads (each thread owns a range of target rows). Where
+  the updates are rows gathered from a tensor (``Gather(rows, source [E], axis=0)``, used by this sum only:
+  the auxiliary GNN's messages are projected node rows), the gather goes into the sum, which then reads
+  ``rows[source[e]]`` instead of writing and reading an [E, F] copy.
 
 The rewritten graph needs the library at run time: ``OrtModel`` registers it for graphs that use the domain.
 """
@@ -133,6 +136,19 @@ def _rewrite_scatter(op, data, index, updates, **_):
     return op.ScatterAddRows(data, index, updates, _domain=DOMAIN)
 
 
+def _gathered_scatter(op, data, index, rows, source):
+    return op.ScatterND(data, index, op.Gather(rows, source, axis=0), reduction="add")
+
+
+def _check_gathered_scatter(context, data, index, rows, source, **_) -> bool:
+    return (_check_scatter(context, data, index, rows) and source.dtype == onnx.TensorProto.INT64
+            and source.shape is not None and len(source.shape) == 1)
+
+
+def _rewrite_gathered_scatter(op, data, index, rows, source, **_):
+    return op.ScatterAddRows(data, index, rows, source, _domain=DOMAIN)
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shapes for every value (the checks need ranks; the segment clones of ``skip_segment_concat`` carry none)."""
     return onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -141,7 +157,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 # Shapes first; then one sweep each, the largest pattern first, so that Slice + QuantizeLinear + Clip becomes one op.
 STEPS = [infer_shapes,
          [pattern.RewriteRule(_sliced_clipped, _rewrite_sliced_clipped, _check_sliced_clipped,
-                              name="QuantizeRowsSlicedClipped")],
+                              name="QuantizeRowsSlicedClipped"),
+          pattern.RewriteRule(_gathered_scatter, _rewrite_gathered_scatter, _check_gathered_scatter,
+                              name="ScatterAddGatheredRows")],
          [pattern.RewriteRule(_sliced, _rewrite_sliced, _check_sliced, name="QuantizeRowsSliced")],
          [pattern.RewriteRule(_clipped, _rewrite_clipped, _check_clipped, name="QuantizeRowsClipped"),
           pattern.RewriteRule(_scatter, _rewrite_scatter, _check_scatter, name="ScatterAddRows")]]

@@ -7,9 +7,10 @@
 //   Clip(QuantizeLinear(Slice(x, start, end, axes=[0]), scale, zero_point), low, high)
 //   in one pass, reading the floats once (no float copy of the segment, no second pass for the clip).
 //
-// ScatterAddRows(data float [N, F], index int64 [E, 1], updates float [E, F]) -> float [N, F]
+// ScatterAddRows(data float [N, F], index int64 [E, 1], updates float [E, F][, source int64 [E]]) -> float [N, F]
 //   data with updates[e] added to row index[e] (negative indices count from the end), in edge order:
-//   ScatterND(data, index, updates, reduction="add"). It may work in data's buffer (ONNX Runtime then
+//   ScatterND(data, index, updates, reduction="add"); with source, updates [M, F] and row source[e] added:
+//   ScatterND(data, index, Gather(updates, source, axis=0), reduction="add") without the gathered copy. It may work in data's buffer (ONNX Runtime then
 //   skips the copy of the accumulator), and on several intra-op threads each thread owns a range of target
 //   rows, so no two threads ever add into the same row (ONNX Runtime's ScatterND loses updates there).
 //
@@ -79,6 +80,20 @@ int64_t QuantizeTail(const QuantizeTask& t, const float* x, uint8_t* q, int64_t 
 }
 
 #if defined(__x86_64__)
+__attribute__((target("avx512f"))) int64_t QuantizeAvx512(const QuantizeTask& t, const float* x, uint8_t* q,
+                                                           int64_t count) {
+  const __m512 scale = _mm512_set1_ps(t.scale), lo = _mm512_set1_ps(t.lo), hi = _mm512_set1_ps(t.hi);
+  const __m512i zero_point = _mm512_set1_epi32(static_cast<int>(t.zero_point));
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    __m512 f = _mm512_div_ps(_mm512_loadu_ps(x + i), scale);
+    f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+    const __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(f), zero_point);  // in 0..255
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtusepi32_epi8(v));
+  }
+  return i;
+}
+
 __attribute__((target("avx2"))) int64_t QuantizeAvx2(const QuantizeTask& t, const float* x, uint8_t* q,
                                                        int64_t count) {
   const __m256 scale = _mm256_set1_ps(t.scale), lo = _mm256_set1_ps(t.lo), hi = _mm256_set1_ps(t.hi);
@@ -115,6 +130,7 @@ int64_t QuantizeSse2(const QuantizeTask& t, const float* x, uint8_t* q, int64_t 
   return i;
 }
 
+const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
 const bool kHasAvx2 = __builtin_cpu_supports("avx2");
 #endif
 
@@ -126,7 +142,8 @@ void QuantizeBlock(void* data, size_t block) {
   uint8_t* q = t.q + first * t.columns;
   int64_t done = 0;
 #if defined(__x86_64__)
-  done = kHasAvx2 ? QuantizeAvx2(t, x, q, count) : QuantizeSse2(t, x, q, count);
+  done = kHasAvx512 ? QuantizeAvx512(t, x, q, count) : kHasAvx2 ? QuantizeAvx2(t, x, q, count)
+                                                     : QuantizeSse2(t, x, q, count);
 #endif
   QuantizeTail(t, x, q, done, count);
 }
@@ -182,6 +199,7 @@ struct ScatterTask {
   float* out;
   const int64_t* index;
   const float* updates;
+  const int64_t* source;  // null: edge e adds updates row e; else updates row source[e]
   int64_t edges, columns, rows_per_block;
 };
 
@@ -197,9 +215,27 @@ void ScatterBlock(void* data, size_t block) {
     const int64_t r = t.index[e];
     if (r < lo || r >= hi) continue;
     float* row = t.out + r * t.columns;
-    const float* update = t.updates + e * t.columns;
+    const float* update = t.updates + (t.source ? t.source[e] : e) * t.columns;
     for (int64_t c = 0; c < t.columns; ++c) row[c] += update[c];
   }
+}
+
+// Indices into `limit` rows, negative ones counting from the end (as ScatterND's and Gather's do): the
+// indices themselves, or a wrapped copy in `wrapped` where some are negative; out of range is an error.
+const int64_t* RowIndices(const int64_t* raw, int64_t count, int64_t limit, const char* what,
+                          std::vector<int64_t>& wrapped) {
+  for (int64_t e = 0; e < count; ++e) {
+    const int64_t i = raw[e];
+    if (i < -limit || i >= limit) {
+      ORT_CXX_API_THROW(std::string("ScatterAddRows: ") + what + " " + std::to_string(i) + " is out of range for " +
+                            std::to_string(limit) + " rows", ORT_INVALID_ARGUMENT);
+    }
+    if (i < 0) {
+      if (wrapped.empty()) wrapped.assign(raw, raw + count);
+      wrapped[e] = i + limit;
+    }
+  }
+  return wrapped.empty() ? raw : wrapped.data();
 }
 
 struct ScatterAddRowsKernel : StatusKernel<ScatterAddRowsKernel> {
@@ -208,37 +244,33 @@ struct ScatterAddRowsKernel : StatusKernel<ScatterAddRowsKernel> {
     auto data = context.GetInput(0);
     auto index = context.GetInput(1);
     auto updates = context.GetInput(2);
+    Ort::ConstValue source = context.GetInputCount() > 3 ? context.GetInput(3) : Ort::ConstValue{nullptr};
     const auto shape = data.GetTensorTypeAndShapeInfo().GetShape();
     const auto index_shape = index.GetTensorTypeAndShapeInfo().GetShape();
     const auto update_shape = updates.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.size() != 2 || index_shape.size() != 2 || index_shape[1] != 1 || update_shape.size() != 2 ||
-        update_shape[0] != index_shape[0] || update_shape[1] != shape[1]) {
-      ORT_CXX_API_THROW("ScatterAddRows: expected data [N, F], index [E, 1], updates [E, F]", ORT_INVALID_ARGUMENT);
+    const int64_t edges = index_shape.size() == 2 ? index_shape[0] : -1;
+    const bool gathered = source != nullptr;
+    if (shape.size() != 2 || edges < 0 || index_shape[1] != 1 || update_shape.size() != 2 ||
+        update_shape[1] != shape[1] || (!gathered && update_shape[0] != edges) ||
+        (gathered && source.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(edges))) {
+      ORT_CXX_API_THROW("ScatterAddRows: expected data [N, F], index [E, 1], updates [E, F] (or updates [M, F] "
+                        "and source [E])", ORT_INVALID_ARGUMENT);
     }
-    const int64_t rows = shape[0], columns = shape[1], edges = index_shape[0];
+    const int64_t rows = shape[0], columns = shape[1];
     auto out = context.GetOutput(0, shape);
     float* target = out.GetTensorMutableData<float>();
-    const float* source = data.GetTensorData<float>();
-    if (target != source && rows * columns > 0) {  // ONNX Runtime did not hand over data's buffer
-      std::memcpy(target, source, static_cast<size_t>(rows * columns) * sizeof(float));
+    const float* before = data.GetTensorData<float>();
+    if (target != before && rows * columns > 0) {  // ONNX Runtime did not hand over data's buffer
+      std::memcpy(target, before, static_cast<size_t>(rows * columns) * sizeof(float));
     }
-    const int64_t* raw_index = index.GetTensorData<int64_t>();
-    std::vector<int64_t> wrapped;  // negative indices count from the end, as ScatterND's do
-    const int64_t* rows_of = raw_index;
-    for (int64_t e = 0; e < edges; ++e) {
-      int64_t i = raw_index[e];
-      if (i < -rows || i >= rows) {
-        ORT_CXX_API_THROW("ScatterAddRows: index " + std::to_string(i) + " is out of range for " +
-                              std::to_string(rows) + " rows", ORT_INVALID_ARGUMENT);
-      }
-      if (i < 0) {
-        if (wrapped.empty()) wrapped.assign(raw_index, raw_index + edges);
-        wrapped[e] = i + rows;
-      }
-    }
-    if (!wrapped.empty()) rows_of = wrapped.data();
-    const int64_t rows_per_block = (rows + kScatterBlocks - 1) / kScatterBlocks;
-    ScatterTask task{target, rows_of, updates.GetTensorData<float>(), edges, columns, rows_per_block};
+    std::vector<int64_t> wrapped_index, wrapped_source;
+    ScatterTask task{target,
+                     RowIndices(index.GetTensorData<int64_t>(), edges, rows, "index", wrapped_index),
+                     updates.GetTensorData<float>(),
+                     gathered ? RowIndices(source.GetTensorData<int64_t>(), edges, update_shape[0], "source",
+                                           wrapped_source)
+                              : nullptr,
+                     edges, columns, (rows + kScatterBlocks - 1) / kScatterBlocks};
     if (rows > 0 && edges > 0 && columns > 0) context.ParallelFor(ScatterBlock, kScatterBlocks, 0, &task);
   }
 };
@@ -280,9 +312,13 @@ struct ScatterAddRowsOp : Ort::CustomOpBase<ScatterAddRowsOp, ScatterAddRowsKern
     return nullptr;
   }
   const char* GetName() const { return "ScatterAddRows"; }
-  size_t GetInputTypeCount() const { return 3; }
+  size_t GetInputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    return index == 1 || index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                      : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
