@@ -55,7 +55,8 @@ def plot_latency(rows: list[dict[str, Any]], path: Path) -> Path:
             label = f"{row['median_ms']:.0f} ms"
             if model == "amq" and "ratio_vs_uniform_int8" in row:
                 label += f"\n\n{row['ratio_vs_uniform_int8']:.3f}x\nuniform\nint8\n\n{row['ratio_vs_float']:.2f}x\nfloat"
-            ax.text(x, 0.5 * row["median_ms"], label, ha="center", va="center", fontsize=7, color="white")
+            ax.text(x, 0.5 * row["median_ms"], label, ha="center", va="center", fontsize=7, color="white",
+                    bbox={"facecolor": COLOURS[model], "edgecolor": "none", "pad": 1.5})
             if model == "amq":
                 for base, limit, colour in TARGETS:
                     if (base, kernels, t) in by:
