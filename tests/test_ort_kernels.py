@@ -210,6 +210,25 @@ def test_exported_models_with_kernels_predict_what_the_standard_ones_do(exports,
                     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+def test_random_meshes_predict_alike_with_and_without_kernels(exports):
+    """Meshes of 1 to 300 nodes and 0 to 2000 edges with duplicate edges, self loops and isolated nodes, at
+    random budgets: the kernel graph (2 intra-op threads) gives the standard graph's outputs bit for bit."""
+    plain, fast = exports[1]["mppde"]
+    reference, runner = OrtModel(plain, threads=1), OrtModel(fast, threads=2)
+    rng = np.random.default_rng(7)
+    for case in range(12):
+        n, e = int(rng.integers(1, 301)), (0 if case == 0 else int(rng.integers(0, 2001)))
+        edge_index = rng.integers(0, n, (2, e))
+        if e:
+            edge_index = np.concatenate([edge_index, edge_index[:, : e // 3]], axis=1)  # duplicates
+        mesh = MeshData(x=torch.randn(n, 1), pos=torch.rand(n, 2), edge_index=torch.from_numpy(edge_index),
+                        node_type=torch.from_numpy(rng.integers(0, 2, n)))
+        budget = float(rng.uniform(3.6, 5.9))
+        want, got = reference.run(mesh, budget), runner.run(mesh, budget)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}, case {case}")
+
+
 def test_empty_meshes_run_with_kernels(exports):
     runner = OrtModel(exports[1]["mppde"][1], threads=2)
     empty = MeshData(x=torch.zeros(0, 1), pos=torch.zeros(0, 2), edge_index=torch.zeros(2, 0, dtype=torch.long),

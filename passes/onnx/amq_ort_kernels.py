@@ -5,8 +5,8 @@ Two ops of domain ``amq.ort`` replace what ONNX Runtime's standard kernels copy 
 - ``QuantizeRows(x, start, end, scale, zero_point, low, high)``: a bucket segment's quantization,
   written by the lowering as ``[Clip(]QuantizeLinear(Slice(x, start, end, axes=[0]), s, z)[, low, high)]``
   (``exporter/onnx_lowering.py``), in one pass: no float copy of the segment, no second pass for a narrow
-  bucket's clip. Check: ``x`` float of rank 2, the ``Slice`` on axis 0 with unit steps, scalar scale,
-  scalar uint8 zero point and bounds. A ``QuantizeLinear`` without ``Slice`` is rewritten only with a
+  bucket's clip. Check: ``x`` float of rank 2, the ``Slice`` on axis 0 with one bound each and no steps,
+  scalar scale, scalar uint8 zero point and bounds. A ``QuantizeLinear`` without ``Slice`` is rewritten only with a
   ``Clip`` (alone it is one pass already). Rewrite: ``QuantizeRows`` with ``start`` 0 / ``end`` int64 max
   where there is no ``Slice``, ``low`` 0 / ``high`` 255 where there is no ``Clip``.
 - ``ScatterAddRows(data, index, updates[, source])``: ``ScatterND(data, index [E, 1], updates [E, F],
@@ -42,9 +42,11 @@ def _scalar(value, dtype: int | None = None) -> bool:
             and (dtype is None or value.dtype == dtype))
 
 
-def _slice_rows(x, axes, steps=None) -> bool:
+def _slice_rows(x, start, end, axes) -> bool:
+    """A ``Slice`` (no steps) of one range of rows of a float matrix."""
     return (x.dtype == onnx.TensorProto.FLOAT and x.shape is not None and len(x.shape) == 2
-            and _const_ints(axes) in ([0], [-2]) and (steps is None or _const_ints(steps) == [1]))
+            and _const_ints(axes) in ([0], [-2]) and _scalar(start, onnx.TensorProto.INT64)
+            and _scalar(end, onnx.TensorProto.INT64))
 
 
 def _quantize_ok(scale, zero_point) -> bool:
@@ -75,8 +77,8 @@ def _sliced_clipped(op, x, start, end, axes, scale, zero_point, low, high):
     return op.Clip(op.QuantizeLinear(op.Slice(x, start, end, axes), scale, zero_point), low, high)
 
 
-def _check_sliced_clipped(context, x, axes, scale, zero_point, low, high, **_) -> bool:
-    return (_slice_rows(x, axes) and _quantize_ok(scale, zero_point) and _bounds_ok(low, high)
+def _check_sliced_clipped(context, x, start, end, axes, scale, zero_point, low, high, **_) -> bool:
+    return (_slice_rows(x, start, end, axes) and _quantize_ok(scale, zero_point) and _bounds_ok(low, high)
             and _quantize_attributes_ok(context))
 
 
@@ -89,8 +91,8 @@ def _sliced(op, x, start, end, axes, scale, zero_point):
     return op.QuantizeLinear(op.Slice(x, start, end, axes), scale, zero_point)
 
 
-def _check_sliced(context, x, axes, scale, zero_point, **_) -> bool:
-    return _slice_rows(x, axes) and _quantize_ok(scale, zero_point) and _quantize_attributes_ok(context)
+def _check_sliced(context, x, start, end, axes, scale, zero_point, **_) -> bool:
+    return _slice_rows(x, start, end, axes) and _quantize_ok(scale, zero_point) and _quantize_attributes_ok(context)
 
 
 def _rewrite_sliced(op, x, start, end, scale, zero_point, **_):
