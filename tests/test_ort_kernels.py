@@ -82,6 +82,44 @@ def test_quantize_rows_is_slice_quantize_clip_bit_for_bit(slice_rows, clip, thre
         np.testing.assert_array_equal(got, expected)
 
 
+_EVERY_PATH = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_ort_kernels import _quantize_feeds, _quantize_graph, _session
+from onnx import numpy_helper
+from passes.onnx import apply_rules
+
+model = _quantize_graph(slice_rows=True, clip=True, columns=67)
+scale = next(i for i in model.graph.initializer if i.name == "scale")
+scale.CopyFrom(numpy_helper.from_array(np.array(0.0137, np.float32), "scale"))  # not a power of two
+feeds = _quantize_feeds(4000, columns=67, start=3, end=3990)
+feeds["x"] *= 0.01
+expected = _session(model).run(None, feeds)[0]
+got = _session(apply_rules(model, "ort-kernels")[0]).run(None, feeds)[0]
+print(int((got != expected).sum()), expected.size)
+"""
+
+
+@built
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse2", "scalar"])
+def test_every_vector_path_quantizes_alike(isa, tmp_path):
+    """Each of QuantizeRows' paths (capped by $AMQ_ORT_KERNELS_ISA, in a fresh process: the library reads it
+    when it loads) gives ONNX Runtime's integers, with a scale whose reciprocal is inexact and odd widths."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "paths.py"
+    script.write_text(_EVERY_PATH.format(tests=str(Path(__file__).parent)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
+                          env={**os.environ, "AMQ_ORT_KERNELS_ISA": isa})
+    assert done.returncode == 0, done.stderr[-2000:]
+    mismatches, total = map(int, done.stdout.split()[-2:])
+    assert mismatches == 0 and total == 3987 * 67
+
+
 def test_a_lone_quantize_linear_is_left_alone():
     """One pass already: nothing to fuse, and the standard kernel is as fast."""
     assert apply_rules(_quantize_graph(slice_rows=False, clip=False), "ort-kernels")[1] == {}

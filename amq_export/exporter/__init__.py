@@ -104,7 +104,6 @@ def export(qmodel: AMQModel, path: str | os.PathLike[str], *, example: Any, targ
     return result
 
 
-
 class _FloatModule(nn.Module):
     """A float mesh model on plain tensors (the reference the quantized artifacts are compared with)."""
 

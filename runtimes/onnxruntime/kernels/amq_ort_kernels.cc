@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -130,8 +131,24 @@ int64_t QuantizeSse2(const QuantizeTask& t, const float* x, uint8_t* q, int64_t 
   return i;
 }
 
-const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
-const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+// The widest vector path this CPU has, read once when the library loads (__builtin_cpu_init first: a static
+// initialiser may run before libgcc's own). $AMQ_ORT_KERNELS_ISA (avx512, avx2, sse2, scalar) caps it, so
+// that every path can be tested on one machine.
+enum class Isa { kScalar, kSse2, kAvx2, kAvx512 };
+
+Isa ChooseIsa() {
+  __builtin_cpu_init();
+  Isa isa = __builtin_cpu_supports("avx512f") ? Isa::kAvx512 : __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kSse2;
+  if (const char* cap = std::getenv("AMQ_ORT_KERNELS_ISA")) {
+    const std::string name(cap);
+    const Isa limit = name == "scalar" ? Isa::kScalar : name == "sse2" ? Isa::kSse2 : name == "avx2" ? Isa::kAvx2
+                                                                                                      : Isa::kAvx512;
+    isa = std::min(isa, limit);
+  }
+  return isa;
+}
+
+const Isa kIsa = ChooseIsa();
 #endif
 
 void QuantizeBlock(void* data, size_t block) {
@@ -142,8 +159,12 @@ void QuantizeBlock(void* data, size_t block) {
   uint8_t* q = t.q + first * t.columns;
   int64_t done = 0;
 #if defined(__x86_64__)
-  done = kHasAvx512 ? QuantizeAvx512(t, x, q, count) : kHasAvx2 ? QuantizeAvx2(t, x, q, count)
-                                                     : QuantizeSse2(t, x, q, count);
+  switch (kIsa) {
+    case Isa::kAvx512: done = QuantizeAvx512(t, x, q, count); break;
+    case Isa::kAvx2: done = QuantizeAvx2(t, x, q, count); break;
+    case Isa::kSse2: done = QuantizeSse2(t, x, q, count); break;
+    case Isa::kScalar: break;
+  }
 #endif
   QuantizeTail(t, x, q, done, count);
 }
