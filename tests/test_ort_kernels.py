@@ -102,7 +102,7 @@ print(int((got != expected).sum()), expected.size)
 
 
 @built
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse2", "scalar"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
 def test_every_vector_path_quantizes_alike(isa, tmp_path):
     """Each of QuantizeRows' paths (capped by $AMQ_ORT_KERNELS_ISA, in a fresh process: the library reads it
     when it loads) gives ONNX Runtime's integers, with a scale whose reciprocal is inexact and odd widths."""

@@ -114,35 +114,17 @@ __attribute__((target("avx2"))) int64_t QuantizeAvx2(const QuantizeTask& t, cons
   return i;
 }
 
-int64_t QuantizeSse2(const QuantizeTask& t, const float* x, uint8_t* q, int64_t count) {
-  const __m128 scale = _mm_set1_ps(t.scale), lo = _mm_set1_ps(t.lo), hi = _mm_set1_ps(t.hi);
-  const __m128i zero_point = _mm_set1_epi32(static_cast<int>(t.zero_point));
-  int64_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    __m128i v[4];
-    for (int j = 0; j < 4; ++j) {
-      __m128 f = _mm_div_ps(_mm_loadu_ps(x + i + 4 * j), scale);
-      f = _mm_min_ps(_mm_max_ps(f, lo), hi);
-      v[j] = _mm_add_epi32(_mm_cvtps_epi32(f), zero_point);
-    }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i),
-                     _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])));
-  }
-  return i;
-}
-
 // The widest vector path this CPU has, read once when the library loads (__builtin_cpu_init first: a static
-// initialiser may run before libgcc's own). $AMQ_ORT_KERNELS_ISA (avx512, avx2, sse2, scalar) caps it, so
-// that every path can be tested on one machine.
-enum class Isa { kScalar, kSse2, kAvx2, kAvx512 };
+// initialiser may run before libgcc's own). $AMQ_ORT_KERNELS_ISA (avx512, avx2, scalar) caps it, so that
+// every path can be tested on one machine. (x86-64 CPUs without AVX2, made before 2013, take the scalar loop.)
+enum class Isa { kScalar, kAvx2, kAvx512 };
 
 Isa ChooseIsa() {
   __builtin_cpu_init();
-  Isa isa = __builtin_cpu_supports("avx512f") ? Isa::kAvx512 : __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kSse2;
+  Isa isa = __builtin_cpu_supports("avx512f") ? Isa::kAvx512 : __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kScalar;
   if (const char* cap = std::getenv("AMQ_ORT_KERNELS_ISA")) {
     const std::string name(cap);
-    const Isa limit = name == "scalar" ? Isa::kScalar : name == "sse2" ? Isa::kSse2 : name == "avx2" ? Isa::kAvx2
-                                                                                                      : Isa::kAvx512;
+    const Isa limit = name == "scalar" ? Isa::kScalar : name == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
     isa = std::min(isa, limit);
   }
   return isa;
@@ -162,7 +144,6 @@ void QuantizeBlock(void* data, size_t block) {
   switch (kIsa) {
     case Isa::kAvx512: done = QuantizeAvx512(t, x, q, count); break;
     case Isa::kAvx2: done = QuantizeAvx2(t, x, q, count); break;
-    case Isa::kSse2: done = QuantizeSse2(t, x, q, count); break;
     case Isa::kScalar: break;
   }
 #endif
