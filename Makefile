@@ -24,11 +24,25 @@ demo: setup
 	$(BIN)/amq-export demo --out $(DEMO_DIR)
 
 test: setup
-	-$(BIN)/amq-export build-kernels
+	-$(MAKE) kernels
 	$(BIN)/python -m pytest -q
 
-kernels: setup
-	$(BIN)/amq-export build-kernels
+# AMQ's ONNX Runtime kernels need ONNX Runtime's C API headers, which its wheel does not ship: Debian's
+# libonnxruntime-dev package has them (fetched once at build time, checked against its SHA-256).
+ORT_DEB_URL := http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb
+ORT_DEB_SHA256 := 14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08
+ORT_HEADERS := .cache/onnxruntime-headers-1.21.0
+
+$(ORT_HEADERS)/onnxruntime_cxx_api.h:
+	rm -rf $(ORT_HEADERS).partial && mkdir -p $(ORT_HEADERS).partial
+	curl -sSfL -o $(ORT_HEADERS).partial/dev.deb $(ORT_DEB_URL)
+	echo "$(ORT_DEB_SHA256)  $(ORT_HEADERS).partial/dev.deb" | sha256sum -c --quiet -
+	cd $(ORT_HEADERS).partial && ar x dev.deb && tar -xf data.tar.* ./usr/include/onnxruntime
+	rm -rf $(ORT_HEADERS) && mv $(ORT_HEADERS).partial/usr/include/onnxruntime $(ORT_HEADERS)
+	rm -rf $(ORT_HEADERS).partial
+
+kernels: setup $(ORT_HEADERS)/onnxruntime_cxx_api.h
+	ORT_INCLUDE_DIR=$(ORT_HEADERS) $(BIN)/amq-export build-kernels
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

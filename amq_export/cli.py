@@ -222,7 +222,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_build_kernels(args: argparse.Namespace) -> None:
-    """``amq-export build-kernels``: compile AMQ's ONNX Runtime kernel library into the cache."""
+    """``amq-export build-kernels``: compile AMQ's ONNX Runtime kernel library into the cache (headers from
+    ``$ORT_INCLUDE_DIR``; ``make kernels`` fetches them and runs this)."""
     from runtimes.onnxruntime import kernels
 
     path = kernels.build(force=args.force, progress=console.print)
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: next to MODEL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ort-kernels", action="store_true",
-                   help="--target ort: also use AMQ's ONNX Runtime kernels (build them first: amq-export build-kernels)")
+                   help="--target ort: also use AMQ's ONNX Runtime kernels (build them first: make kernels)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (.pt) or an exported model (.onnx) on a test split")
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=100)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("build-kernels", help="compile AMQ's ONNX Runtime kernels (optional; used by --ort-kernels)")
+    p = sub.add_parser("build-kernels", help="compile AMQ's ONNX Runtime kernels from $ORT_INCLUDE_DIR's headers (optional; used by --ort-kernels; make kernels fetches the headers and runs this)")
     p.add_argument("--force", action="store_true", help="rebuild even if this source has a build")
     p.set_defaults(func=cmd_build_kernels)
     return parser

@@ -151,7 +151,7 @@ def run(job: ExportJob) -> dict[str, Any]:
             artifacts["model.ort.onnx"] = ("the same graph as ONNX Runtime's CPU provider optimizes it "
                                           "(MatMulIntegerToFloat kernels); load it with optimizations off or on"
                                           + ("; it uses AMQ's kernel library (domain amq.ort): register "
-                                             "`amq-export build-kernels`'s library in the session options"
+                                             "`make kernels`'s library in the session options"
                                              if job.ort_kernels else ""))
         report = {
             "model": str(job.model), "arch": ckpt.arch, "target": job.target, "data": job.data,

@@ -1,12 +1,10 @@
 """AMQ's ONNX Runtime kernels (``runtimes/onnxruntime/kernels``) and the rules that use them
 (``passes/onnx/amq_ort_kernels.py``): each op computes what the standard ops it replaces compute, bit for
 bit, on one and two intra-op threads; exported models keep their predictions; the build's errors are clear.
-The tests that run the library skip where it is not built (``amq-export build-kernels``)."""
+The tests that run the library skip where it is not built (``make kernels``)."""
 
 from __future__ import annotations
 
-import io
-import tarfile
 from collections import Counter
 
 import numpy as np
@@ -24,7 +22,7 @@ from passes.onnx import apply_rules
 from runtimes.onnxruntime import OrtModel, kernels, save_optimized
 
 built = pytest.mark.skipif(not kernels.available(), reason="AMQ's ONNX Runtime kernels are not built "
-                                                           "(amq-export build-kernels)")
+                                                           "(make kernels)")
 
 
 def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
@@ -209,7 +207,7 @@ def exports(tiny, qmodel_factory, tmp_path_factory):
     ``export(ort_kernels=True)``; GraphViT, whose export takes half a minute, by the same rules applied to
     its standard export)."""
     if not kernels.available():
-        pytest.skip("AMQ's ONNX Runtime kernels are not built (amq-export build-kernels)")
+        pytest.skip("AMQ's ONNX Runtime kernels are not built (make kernels)")
     out = {}
     for arch in ("mppde", "graphvit"):
         qmodel = qmodel_factory(tiny, arch).eval()
@@ -280,7 +278,7 @@ def test_empty_meshes_run_with_kernels(exports):
 def test_unbuilt_kernels_are_a_clear_error(monkeypatch, tmp_path, qmodel_factory, tiny):
     monkeypatch.setenv("AMQ_CACHE_DIR", str(tmp_path))
     assert not kernels.available()
-    with pytest.raises(AMQError, match="amq-export build-kernels"):
+    with pytest.raises(AMQError, match="make kernels"):
         export(qmodel_factory(tiny), tmp_path / "m.onnx", example=tiny.test[0], target="ort", ort_kernels=True)
     with pytest.raises(AMQError, match="--target ort only"):
         export(qmodel_factory(tiny), tmp_path / "m.onnx", example=tiny.test[0], target="onnx", ort_kernels=True)
@@ -291,25 +289,6 @@ def test_headers_folder_must_hold_the_headers(monkeypatch, tmp_path):
     monkeypatch.setenv(kernels.HEADERS_ENV, str(tmp_path))
     with pytest.raises(AMQError, match="has no onnxruntime_cxx_api.h"):
         kernels.headers_dir()
-
-
-def test_debian_package_members_are_found():
-    """The headers come out of a Debian package: an ``ar`` archive whose ``data.tar.*`` holds the files."""
-    payload = io.BytesIO()
-    with tarfile.open(fileobj=payload, mode="w:gz") as tar:
-        info = tarfile.TarInfo("./usr/include/onnxruntime/onnxruntime_cxx_api.h")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"// \n"[:3]))
-    data = payload.getvalue()
-
-    def member(name: str, body: bytes) -> bytes:
-        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode()
-        return header + body + (b"\n" if len(body) % 2 else b"")
-
-    deb = b"!<arch>\n" + member("debian-binary", b"2.0\n") + member("control.tar.xz", b"xyz") + member(
-        "data.tar.gz", data)
-    assert kernels._deb_member(deb, "data.tar") == data
-    with pytest.raises(AMQError, match="no missing"):
-        kernels._deb_member(deb, "missing")
-    with pytest.raises(AMQError, match="not a Debian archive"):
-        kernels._deb_member(b"PK\x03\x04", "data.tar")
+    monkeypatch.delenv(kernels.HEADERS_ENV)
+    with pytest.raises(AMQError, match="run `make kernels`"):
+        kernels.headers_dir()

@@ -5,26 +5,24 @@ makes AMQ graphs copy or race on into two ops of this library (``passes/onnx/amq
 ``OrtModel`` and ``save_optimized`` register the library for graphs that use them.
 
 Building needs a C++17 compiler and ONNX Runtime's C API headers, which the ``onnxruntime`` wheel does not
-ship: ``$ORT_INCLUDE_DIR`` if set (the ``include`` folder of an ONNX Runtime release), else Debian's
-``libonnxruntime-dev`` package (85 kB, its SHA-256 pinned below), downloaded once into the cache. The
-library is built against API version 21 (ONNX Runtime 1.21), which every later runtime accepts, and does
+ship: ``$ORT_INCLUDE_DIR`` (the ``include`` folder of an ONNX Runtime release); ``make kernels`` fetches Debian's
+``libonnxruntime-dev`` package for them (85 kB, its SHA-256 pinned in the Makefile) and sets it. The library is
+built against API version 21 (ONNX Runtime 1.21), which every later runtime accepts, and does
 not link the runtime: it gets the API from ONNX Runtime when the session loads it. The build lands in the
 cache (``$AMQ_CACHE_DIR``, default ``~/.cache/amq-export``) under a name keyed by the source and flags, so
 an edited source is rebuilt, never silently reused.
 
-    amq-export build-kernels        # or: make kernels
+    make kernels                                      # fetches the headers, then:
+    ORT_INCLUDE_DIR=... amq-export build-kernels      # what it runs
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,11 +34,9 @@ from amq_export.errors import AMQError
 DOMAIN = "amq.ort"
 SOURCE = Path(__file__).with_name("amq_ort_kernels.cc")
 HEADERS_ENV = "ORT_INCLUDE_DIR"
-HEADERS_DEB = ("http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb",
-               "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08")
 HEADER = "onnxruntime_cxx_api.h"
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden")
-BUILD_HINT = "build them with `amq-export build-kernels` (or `make kernels`; needs a C++ compiler)"
+BUILD_HINT = "build them with `make kernels` (needs a C++ compiler)"
 
 
 def uses_kernels(model: onnx.ModelProto) -> bool:
@@ -71,56 +67,15 @@ def register(options) -> None:  # an onnxruntime.SessionOptions
     options.register_custom_ops_library(str(require()))
 
 
-def _deb_member(deb: bytes, prefix: str) -> bytes:
-    """The first member of a Debian package (an ``ar`` archive) whose name starts with ``prefix``."""
-    if not deb.startswith(b"!<arch>\n"):
-        raise AMQError("the downloaded ONNX Runtime headers package is not a Debian archive")
-    at = 8
-    while at + 60 <= len(deb):
-        name, size = deb[at:at + 16].decode().strip().rstrip("/"), int(deb[at + 48:at + 58].decode())
-        if name.startswith(prefix):
-            return deb[at + 60:at + 60 + size]
-        at += 60 + size + size % 2
-    raise AMQError(f"the ONNX Runtime headers package has no {prefix}* member")
-
-
-def headers_dir(progress: Callable[[str], None] = print) -> Path:
-    """``$ORT_INCLUDE_DIR``, else the headers of the pinned Debian package in the cache (downloaded once)."""
-    if os.environ.get(HEADERS_ENV):
-        path = Path(os.environ[HEADERS_ENV]).expanduser()
-        if not (path / HEADER).is_file():
-            raise AMQError(f"${HEADERS_ENV}={path} has no {HEADER}: point it at ONNX Runtime's include folder")
-        return path
-    target = resolve_cache_dir() / "onnxruntime-headers-1.21.0"
-    if (target / HEADER).is_file():
-        return target
-    url, sha256 = HEADERS_DEB
-    progress(f"downloading ONNX Runtime's C API headers: {url}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            deb = response.read()
-    except OSError as exc:
-        raise AMQError(f"cannot download ONNX Runtime's headers ({exc}); set ${HEADERS_ENV} to the include folder "
-                       "of an ONNX Runtime release instead") from None
-    if hashlib.sha256(deb).hexdigest() != sha256:
-        raise AMQError(f"{url} does not have the expected SHA-256 {sha256}; not using it")
-    staging = Path(tempfile.mkdtemp(prefix=".headers-", dir=target.parent))
-    try:
-        with tarfile.open(fileobj=io.BytesIO(_deb_member(deb, "data.tar"))) as tar:
-            for member in tar.getmembers():
-                if member.isfile() and "/include/onnxruntime/" in member.name and ".." not in member.name:
-                    relative = member.name.split("/include/onnxruntime/", 1)[1]
-                    (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-                    (staging / relative).write_bytes(tar.extractfile(member).read())
-        if not (staging / HEADER).is_file():
-            raise AMQError(f"the ONNX Runtime headers package has no {HEADER}")
-        staging.rename(target)
-    except OSError:
-        if not (target / HEADER).is_file():  # another build may have got there first
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+def headers_dir() -> Path:
+    """``$ORT_INCLUDE_DIR``: the folder with ONNX Runtime's C API headers (``make kernels`` fetches them)."""
+    if not os.environ.get(HEADERS_ENV):
+        raise AMQError(f"AMQ's ONNX Runtime kernels need ONNX Runtime's C API headers: run `make kernels` (it fetches "
+                       f"them), or set ${HEADERS_ENV} to the include folder of an ONNX Runtime release")
+    path = Path(os.environ[HEADERS_ENV]).expanduser()
+    if not (path / HEADER).is_file():
+        raise AMQError(f"${HEADERS_ENV}={path} has no {HEADER}: point it at ONNX Runtime's include folder")
+    return path
 
 
 def build(force: bool = False, progress: Callable[[str], None] = print) -> Path:
@@ -131,7 +86,7 @@ def build(force: bool = False, progress: Callable[[str], None] = print) -> Path:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise AMQError("no C++ compiler found (set $CXX or install g++); AMQ's ONNX Runtime kernels are optional")
-    include = headers_dir(progress)
+    include = headers_dir()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent, prefix=".partial-")
     os.close(fd)
