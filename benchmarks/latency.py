@@ -112,18 +112,21 @@ def build_artifacts(workdir: Path, calib_resolution: int, n_calib: int, seed: in
     example = data.test[0]  # traced with a small mesh; the graphs take any size
     torch.manual_seed(seed)
     model = build_model("mppde", darcy_config("mppde")).eval()
+    def kernel_variant(name: str, exported: Path) -> None:
+        """The same export with the ``--ort-kernels`` rewrites, from its standard ``.onnx`` (one trace each)."""
+        fused, _ = apply_rules(onnx.load(str(exported)), "ort-kernels")
+        paths[variant(name, True)] = save_optimized(fused, workdir / f"{name}.kernels.ort.onnx")
+
     paths = {"float": export_float(model, workdir / "float.onnx", example=example).path}
-    if kernels:  # the float graph's message sums, as --ort-kernels rewrites them
-        fused, _ = apply_rules(onnx.load(str(paths["float"])), "ort-kernels")
-        paths[variant("float", True)] = save_optimized(fused, workdir / "float.kernels.ort.onnx")
     for name, overrides in CONFIGS.items():
         qmodel = quantize(copy.deepcopy(model), AMQConfig(**overrides), calibration=data.train).eval()
-        for with_kernels in (False, True) if kernels else (False,):
-            stem = f"{name}.kernels" if with_kernels else name
-            result = export(qmodel, workdir / f"{stem}.onnx", example=example, target="ort", ort_kernels=with_kernels)
-            if result.optimized_path is None:
-                raise RuntimeError(f"export(target='ort') gave no optimized artifact for {stem}")
-            paths[variant(name, with_kernels)] = result.optimized_path
+        result = export(qmodel, workdir / f"{name}.onnx", example=example, target="ort")
+        if result.optimized_path is None:
+            raise RuntimeError(f"export(target='ort') gave no optimized artifact for {name}")
+        paths[name] = result.optimized_path
+    if kernels:
+        for name in MODELS:
+            kernel_variant(name, workdir / f"{name}.onnx")
     return paths, data.normalizer
 
 

@@ -18,6 +18,7 @@ an edited source is rebuilt, never silently reused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -44,10 +45,15 @@ def uses_kernels(model: onnx.ModelProto) -> bool:
     return any(node.domain == DOMAIN for node in model.graph.node)
 
 
+@functools.cache
+def _build_key() -> str:
+    """The source and flags' hash, read once per process (every session with the kernels asks for the path)."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
+
+
 def library_path() -> Path:
     """Where the build of the current source lives (it may not exist yet)."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
-    return resolve_cache_dir() / "ort-kernels" / f"libamq_ort_kernels-{key}.so"
+    return resolve_cache_dir() / "ort-kernels" / f"libamq_ort_kernels-{_build_key()}.so"
 
 
 def available() -> bool:
