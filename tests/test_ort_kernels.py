@@ -196,6 +196,64 @@ def test_scatter_add_of_gathered_rows_reads_them_in_place(threads):
         _session(rewritten, threads).run(None, feeds)
 
 
+def _vector_scatter_graph(dtype: int, reduction: str) -> onnx.ModelProto:
+    """ScatterElements on vectors, as the in-degree counts (float sums) and the bucket sort (int64 writes) lower."""
+    nodes = [h.make_node("ScatterElements", ["data", "index", "updates"], ["y"], axis=0, reduction=reduction)]
+    inputs = [h.make_tensor_value_info("data", dtype, ["n"]), h.make_tensor_value_info("index", T.INT64, ["m"]),
+              h.make_tensor_value_info("updates", dtype, ["m"])]
+    return _model(nodes, inputs, [h.make_tensor_value_info("y", dtype, ["n"])])
+
+
+@built
+@pytest.mark.parametrize("threads", [1, 2])
+def test_vector_sums_add_in_index_order(threads):
+    """Float vector scatter-adds (in-degree counts) run as ScatterAddRows on [N, 1] views: the same sums, bit for
+    bit, on one and two threads; negative indices count from the end; the input is left as it was."""
+    model = _vector_scatter_graph(T.FLOAT, "add")
+    rewritten, changes = apply_rules(model, "ort-kernels")
+    assert changes["ScatterElements"] == -1 and changes["ScatterAddRows"] == 1
+    rng = np.random.default_rng(2)
+    feeds = {"data": rng.standard_normal(3001).astype(np.float32), "index": rng.integers(-3001, 3001, 50_000),
+             "updates": rng.standard_normal(50_000).astype(np.float32)}
+    data = feeds["data"].copy()
+    expected = data.copy()
+    np.add.at(expected, feeds["index"], feeds["updates"])
+    session = _session(rewritten, threads)
+    for _ in range(2):
+        got = session.run(None, feeds)[0]
+        assert got.shape == (3001,)
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(_session(model).run(None, feeds)[0], expected)
+    np.testing.assert_array_equal(feeds["data"], data)
+
+
+@built
+def test_vector_writes_are_scatter_elements_bit_for_bit():
+    """int64 vector writes (the bucket sort's inverse permutations) run as ScatterValues: the values ScatterElements
+    writes, a later write to the same place winning, negatives from the end; out of range is an error."""
+    model = _vector_scatter_graph(T.INT64, "none")
+    rewritten, changes = apply_rules(model, "ort-kernels")
+    assert changes == {"ScatterElements": -1, "ScatterValues": 1}
+    rng = np.random.default_rng(3)
+    permutation = {"data": np.zeros(40_000, np.int64), "index": rng.permutation(40_000) - 20_000,
+                   "updates": np.arange(40_000, dtype=np.int64)}
+    repeated = {"data": rng.integers(0, 9, 500), "index": np.array([3, 3, -1, 499, 0]),
+                "updates": np.array([7, 8, 9, 10, 11])}
+    for feeds in (permutation, repeated):
+        expected = _session(model).run(None, feeds)[0]
+        np.testing.assert_array_equal(_session(rewritten).run(None, feeds)[0], expected)
+    assert list(_session(rewritten).run(None, repeated)[0][[0, 3, 499]]) == [11, 8, 10]
+    repeated["index"][1] = 500
+    with pytest.raises(Exception, match="index 500 is out of range for 500"):
+        _session(rewritten).run(None, repeated)
+
+
+def test_scatters_the_kernels_do_not_cover_are_left_alone():
+    """Other element types or reductions stay ScatterElements (float64 sums, int64 sums, float writes)."""
+    for dtype, reduction in ((T.DOUBLE, "add"), (T.INT64, "add"), (T.FLOAT, "none"), (T.FLOAT, "mul")):
+        assert apply_rules(_vector_scatter_graph(dtype, reduction), "ort-kernels")[1] == {}
+
+
 def test_element_scatters_are_left_alone():
     """An index with two columns addresses elements, not rows: not this kernel's."""
     assert apply_rules(_scatter_graph(index_columns=2), "ort-kernels")[1] == {}
