@@ -307,22 +307,6 @@ struct ScatterValuesKernel : StatusKernel<ScatterValuesKernel> {
   }
 };
 
-struct QuantizeRowsOp : Ort::CustomOpBase<QuantizeRowsOp, QuantizeRowsKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
-    *kernel = new QuantizeRowsKernel();
-    return nullptr;
-  }
-  const char* GetName() const { return "QuantizeRows"; }
-  size_t GetInputTypeCount() const { return 7; }
-  ONNXTensorElementDataType GetInputType(size_t index) const {
-    if (index == 0 || index == 3) return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    if (index == 1 || index == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8; }
-};
-
 size_t DataMayBeOutput(int** input_index, int** output_index) {
   *input_index = new int[1]{0};
   *output_index = new int[1]{0};
@@ -334,15 +318,35 @@ void ReleasePairs(int* input_index, int* output_index) {
   delete[] output_index;
 }
 
-struct ScatterAddRowsOp : Ort::CustomOpBase<ScatterAddRowsOp, ScatterAddRowsKernel, true> {
-  ScatterAddRowsOp() {
-    OrtCustomOp::GetMayInplace = DataMayBeOutput;
-    OrtCustomOp::ReleaseMayInplace = ReleasePairs;
+// What every op here shares: a kernel made without attributes; with InPlace, ONNX Runtime may hand the first
+// input's buffer over as the output (when nothing else reads it), which saves the kernel its copy.
+template <typename Op, typename Kernel, bool InPlace>
+struct KernelOp : Ort::CustomOpBase<Op, Kernel, true> {
+  KernelOp() {
+    if (InPlace) {
+      OrtCustomOp::GetMayInplace = DataMayBeOutput;
+      OrtCustomOp::ReleaseMayInplace = ReleasePairs;
+    }
   }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
-    *kernel = new ScatterAddRowsKernel();
+    *kernel = new Kernel();
     return nullptr;
   }
+};
+
+struct QuantizeRowsOp : KernelOp<QuantizeRowsOp, QuantizeRowsKernel, false> {
+  const char* GetName() const { return "QuantizeRows"; }
+  size_t GetInputTypeCount() const { return 7; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    if (index == 0 || index == 3) return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    if (index == 1 || index == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8; }
+};
+
+struct ScatterAddRowsOp : KernelOp<ScatterAddRowsOp, ScatterAddRowsKernel, true> {
   const char* GetName() const { return "ScatterAddRows"; }
   size_t GetInputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
@@ -356,15 +360,7 @@ struct ScatterAddRowsOp : Ort::CustomOpBase<ScatterAddRowsOp, ScatterAddRowsKern
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-struct ScatterValuesOp : Ort::CustomOpBase<ScatterValuesOp, ScatterValuesKernel, true> {
-  ScatterValuesOp() {
-    OrtCustomOp::GetMayInplace = DataMayBeOutput;
-    OrtCustomOp::ReleaseMayInplace = ReleasePairs;
-  }
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
-    *kernel = new ScatterValuesKernel();
-    return nullptr;
-  }
+struct ScatterValuesOp : KernelOp<ScatterValuesOp, ScatterValuesKernel, true> {
   const char* GetName() const { return "ScatterValues"; }
   size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; }
