@@ -57,8 +57,26 @@ def test_fuse_leaves_per_row_zero_points_and_scales_alone(zero_point_shape, row_
     assert changes == {} and "MatMulIntegerToFloat" not in {node.op_type for node in fused.graph.node}
 
 
-def test_onnx_rules_leave_the_integer_gemm_alone():
-    assert apply_rules(_integer_gemm_graph(), "onnx")[1] == {}
+@pytest.mark.parametrize("zero_point_shape", [None, []])
+def test_integer_gemms_take_uint8_weights_and_are_exact(zero_point_shape):
+    """The ``onnx`` rules give every integer GEMM uint8 weights around 128: the exact integer products on every
+    CPU (ONNX Runtime's uint8 x int8 kernel saturates pairs of products in int16 where the CPU lacks VNNI), and
+    the ``ort`` rules still fuse them into one MatMulIntegerToFloat with the same floats."""
+    model = _integer_gemm_graph(zero_point_shape)
+    exact, changes = apply_rules(model, "onnx")
+    gemm = next(node for node in exact.graph.node if node.op_type == "MatMulInteger")
+    assert len(gemm.input) == 4 and changes == {"Constant": 2 + (zero_point_shape is None)}
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    rng = np.random.default_rng(4)
+    a = np.concatenate([np.full((8, 6), 255, np.uint8), rng.integers(0, 256, (200, 6)).astype(np.uint8)])
+    zero_point = 77 if zero_point_shape is not None else 0
+    acc = (a.astype(np.int64) - zero_point) @ weights["w"].astype(np.int64)
+    want = (acc.astype(np.float32) * weights["t"] + weights["b"]).astype(np.float32)
+    got = _run(exact, {"a": a})
+    np.testing.assert_array_equal(got, want)
+    fused, changes = apply_rules(exact, "ort")
+    assert changes["MatMulIntegerToFloat"] == 1 and changes["MatMulInteger"] == -1
+    np.testing.assert_array_equal(_run(fused, {"a": a}), got)
 
 
 def _scatter_graph(index_shape: list) -> onnx.ModelProto:

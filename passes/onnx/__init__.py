@@ -15,13 +15,15 @@ from passes.onnx.scatter_add_rows import RULE as SCATTER_ADD_ROWS
 from passes.onnx.skip_segment_concat import skip_segment_concat
 from passes.onnx.slice_gathered_rows import COLUMN_RULES as SLICE_COLUMN_CONCAT
 from passes.onnx.slice_gathered_rows import GATHER_RULES as SLICE_GATHER
+from passes.onnx.uint8_weights import RULES as UINT8_WEIGHTS
 
 # Every artifact (float ones too, so that comparisons stay fair) gets the "onnx" steps, in order: a list
 # of rules is one rewrite sweep, a function a graph pass that is not one pattern. The narrow gathers go
-# last: ``skip_segment_concat`` follows segment rows through the ``Gather`` ops they replace.
+# last: ``skip_segment_concat`` follows segment rows through the ``Gather`` ops they replace. Integer GEMMs take
+# uint8 weights (``uint8_weights``: ONNX Runtime's uint8 x int8 kernel saturates on CPUs without VNNI).
 # ``ort-kernels`` is the ``ort`` target with AMQ's ONNX Runtime kernel library (``runtimes/onnxruntime/kernels``).
 STEPS_BY_TARGET = {"onnx": [[SCATTER_ADD_ROWS, *SLICE_COLUMN_CONCAT, NARROW_EXACT_SQRT], SLICE_GATHER,
-                            skip_segment_concat, NARROW_GATHER_SCATTER],
+                            skip_segment_concat, NARROW_GATHER_SCATTER, UINT8_WEIGHTS],
                    "ort": [FUSE_MATMUL_INTEGER_TO_FLOAT],
                    "ort-kernels": [*AMQ_ORT_KERNELS, FUSE_MATMUL_INTEGER_TO_FLOAT]}
 
